@@ -1,0 +1,97 @@
+"""Gunicorn settings for production serving (`msk-cds serve --production` loads this as `python:service.gunicorn_conf`).
+
+Shipped inside the package so an installed (non-editable) service finds it; deploy/gunicorn.conf.py re-exports it
+for those who run gunicorn by hand. Every value can be overridden on gunicorn's command line or GUNICORN_CMD_ARGS.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import tempfile
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _float_env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def default_workers(cpus: int | None = None) -> int:
+    """WEB_CONCURRENCY when set, else 2 x CPU + 1 capped at 8 (each worker holds the knowledge base and NLP model)."""
+    configured = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return min(2 * (cpus or _cpu_count()) + 1, 8)
+
+
+def request_timeout(deadline_seconds: float | None = None) -> int:
+    """Worker timeout: the FHIR fetch deadline plus room for the rules and the database, never below 30 s, so a
+    slow FHIR server ends in our own 412/504 answer rather than a killed worker."""
+    deadline = deadline_seconds if deadline_seconds is not None else _float_env("FHIR_FETCH_DEADLINE_SECONDS", 4.0)
+    return max(30, int(math.ceil(deadline)) + 26)
+
+
+def _prepare_multiprocess_dir() -> str:
+    """prometheus_client multiprocess mode needs the directory in the environment before it is imported (the app
+    is loaded after this file). A directory given by the operator is emptied once per master start."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="msk-cds-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    elif os.environ.get("_MSK_CDS_METRICS_DIR_OWNER") != str(os.getpid()):
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    # Reloading this file on SIGHUP must not wipe the live workers' samples.
+    os.environ["_MSK_CDS_METRICS_DIR_OWNER"] = str(os.getpid())
+    return path
+
+
+metrics_dir = _prepare_multiprocess_dir()
+
+wsgi_app = "service:create_app()"
+bind = [os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")]
+workers = default_workers()
+# Sync workers by default (CPU-bound rules, one request per process); GUNICORN_THREADS > 1 switches to gthread.
+threads = max(1, int(os.environ.get("GUNICORN_THREADS", "1") or 1))
+timeout = request_timeout()
+graceful_timeout = 30
+keepalive = 5
+# Load the app (knowledge base, FHIR models, NLP pipeline, warm-up) once in the master; workers share it by fork.
+preload_app = True
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0") or 0)
+max_requests_jitter = max(0, max_requests // 10)
+accesslog = None            # the app logs each call itself, without PHI; gunicorn's access log would carry URLs
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
+proc_name = "msk-cds"
+
+
+def when_ready(server) -> None:
+    server.log.info("msk-cds ready: %s workers, timeout %ss, metrics in multiprocess mode", workers, timeout)
+
+
+def post_fork(server, worker) -> None:
+    """Connections opened in the master (warm-up, table creation) must not be shared by the forked workers."""
+    app = worker.app.wsgi()
+    storage = getattr(app, "extensions", {}).get("msk_cds.storage")
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose(close=False)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
