@@ -1,0 +1,32 @@
+"""Start-up warm-up: load the service registry and knowledge and build the FHIR model validators once, so the
+first request does not pay for imports and schema construction."""
+from __future__ import annotations
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from hooks.knowledge import knowledge_version
+from hooks.registry import registered_services
+
+# One tiny valid instance of each resource type the record reads.
+SAMPLES: tuple[dict, ...] = (
+    {"resourceType": "Patient", "id": "warmup"},
+    {"resourceType": "Condition", "id": "warmup", "subject": {"reference": "Patient/warmup"}},
+    {"resourceType": "DiagnosticReport", "id": "warmup", "status": "final", "code": {"text": "warm-up"}},
+    {"resourceType": "MedicationRequest", "id": "warmup", "status": "draft", "intent": "proposal",
+     "medicationCodeableConcept": {"text": "warm-up"}, "subject": {"reference": "Patient/warmup"}},
+    {"resourceType": "MedicationStatement", "id": "warmup", "status": "active",
+     "medicationCodeableConcept": {"text": "warm-up"}, "subject": {"reference": "Patient/warmup"}},
+    {"resourceType": "Observation", "id": "warmup", "status": "final", "code": {"text": "warm-up"}},
+    {"resourceType": "AllergyIntolerance", "id": "warmup", "patient": {"reference": "Patient/warmup"}},
+    {"resourceType": "ServiceRequest", "id": "warmup", "status": "draft", "intent": "proposal",
+     "subject": {"reference": "Patient/warmup"}},
+    {"resourceType": "Bundle", "id": "warmup", "type": "searchset"},
+)
+
+
+def warm_up() -> None:
+    """Import and validate everything a request will need. Raises if the knowledge or a model is broken."""
+    registered_services()
+    knowledge_version()
+    for sample in SAMPLES:
+        get_fhir_model_class(sample["resourceType"]).model_validate(sample)

@@ -1,0 +1,39 @@
+"""The Flask application factory: settings, storage, extensions (logs, auth, metrics), blueprints, warm-up."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from service import auth, cors, errors, logs, metrics, storage
+from service.config import load_settings
+
+
+def create_app(settings: Mapping[str, Any] | None = None) -> Flask:
+    """Build an app. `settings` overrides environment variables of the same names (see service.config)."""
+    app = Flask("service", instance_relative_config=False)
+    app.config.update(load_settings(settings))
+    # Werkzeug also bounds the body it reads; our own reader checks again (chunked bodies have no length).
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
+    app.json.sort_keys = False
+    app.url_map.strict_slashes = False
+
+    errors.init_app(app)
+    cors.init_app(app)
+    storage.init_app(app)
+    logs.init_app(app)
+    auth.init_app(app)
+    metrics.init_app(app)
+
+    from service.cds import bp as cds_bp
+    from service.ops import bp as ops_bp
+
+    app.register_blueprint(cds_bp)
+    app.register_blueprint(ops_bp)
+    # Tables other modules defined on storage.metadata while being imported above.
+    app.extensions[storage.EXTENSION_KEY].create_schema()
+
+    from hooks.warmup import warm_up
+
+    warm_up()
+    return app

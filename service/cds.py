@@ -1,0 +1,94 @@
+"""The CDS Hooks routes: discovery, service invocation and feedback."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Mapping
+
+import orjson
+from flask import Blueprint, Response, current_app, g
+
+from hooks.knowledge import knowledge_version
+from hooks.record import PatientRecord
+from hooks.registry import CdsServiceDefinition, HookRequest, registered_services
+from service import metrics, prefetch
+from service.errors import CdsError
+from service.feedback import validate_feedback
+from service.hookcall import validate_call
+from service.jsonbody import json_body
+from service.storage import get_storage
+
+bp = Blueprint("cds", __name__)
+
+KNOWLEDGE_EXTENSION = "org.msk-cds.knowledge-version"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload, default=_json_default), status=status, content_type="application/json")
+
+
+def _definition(service_id: str) -> CdsServiceDefinition:
+    definition = registered_services().get(service_id)
+    if definition is None:
+        raise CdsError.one(404, None, "no CDS service with this id", "not-found")
+    return definition
+
+
+def evaluation_time() -> dt.datetime:
+    fixed = current_app.config.get("FIXED_NOW")
+    return fixed if isinstance(fixed, dt.datetime) else dt.datetime.now(dt.timezone.utc)
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    extension = {KNOWLEDGE_EXTENSION: knowledge_version()}
+    services = [d.discovery_entry(extension) for d in registered_services().values()]
+    return json_response({"services": services})
+
+
+@bp.post("/cds-services/<service_id>")
+def invoke(service_id: str) -> Response:
+    definition = _definition(service_id)
+    g.cds_service_id = definition.id
+    body = json_body()
+    call = validate_call(body, definition.hook)
+    g.cds_hook_instance = call.hook_instance
+    resolved = prefetch.resolve(definition, call)
+    g.cds_prefetch = {"provided": resolved.provided, "fetched": resolved.fetched,
+                      "unavailable": len(resolved.unavailable)}
+    record = PatientRecord.from_prefetch(resolved.data, call.context.get("draftOrders"), resolved.unavailable)
+    request = HookRequest(
+        service_id=definition.id,
+        hook=call.hook,
+        hook_instance=call.hook_instance,
+        context=call.context,
+        record=record,
+        now=evaluation_time(),
+        fhir_server=call.fhir_server,
+    )
+    result = definition.handler(request)
+    cards = list(result.cards)
+    payload: dict[str, Any] = {"cards": cards}
+    if result.system_actions:
+        payload["systemActions"] = list(result.system_actions)
+    g.cds_card_count = len(cards)
+    metrics.count_cards(definition.id, cards)
+    return json_response(payload)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    definition = _definition(service_id)
+    g.cds_service_id = definition.id
+    items = validate_feedback(json_body())
+    stored = get_storage().save_feedback(definition.id, items, issuer=g.get("auth_issuer"))
+    for item in items:
+        metrics.count_feedback(definition.id, item["outcome"])
+    return json_response({"stored": stored})

@@ -1,0 +1,35 @@
+"""The `msk-cds` command line: one subcommand per module listed in COMMANDS.
+
+Each command module has `add_arguments(parser)` and `run(args) -> int`; adding a command is one line here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# (name, module, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("serve", "service.cmd_serve", "run the service (development server on 127.0.0.1:8080 by default)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msk-cds", description="MSK imaging CDS Hooks 2.0 service")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Settings of the service: every name is both an environment variable and a `create_app` mapping key.
+
+A mapping passed to `create_app` wins over the environment, which wins over the defaults below. Values are
+parsed once at start-up; a bad value stops start-up naming the setting (never echoing the value).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
+def as_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)
+
+
+def as_instant(value: Any) -> dt.datetime | None:
+    """An ISO datetime (timezone-aware; UTC when no zone is given)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def as_raw(value: Any) -> Any:
+    """Kept as given; the module that owns the setting interprets it."""
+    return value
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'instance' / 'msk_cds.sqlite3'}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+
+# One line per setting. Other modules add theirs here (and a row in the README's configuration table).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", None, as_str, "SQLAlchemy URL; default SQLite file instance/msk_cds.sqlite3"),
+    Setting("MAX_REQUEST_BYTES", 5 * 1024 * 1024, as_int, "largest accepted request body (413 above)"),
+    Setting("MAX_JSON_DEPTH", 64, as_int, "deepest accepted JSON nesting (400 above)"),
+    Setting("FHIR_FETCH_DEADLINE_SECONDS", 4.0, as_float, "one deadline for all FHIR reads of a request"),
+    Setting("FHIR_MAX_PAGES", 10, as_int, "searchset pages followed per prefetch key"),
+    Setting("FHIR_FETCH_WORKERS", 4, as_int, "threads fetching missing prefetch keys concurrently"),
+    Setting("FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, as_int, "largest FHIR response page read"),
+    Setting("AUTH_DISABLED", False, as_bool, "development only: accept calls without a JWT"),
+    Setting("TRUSTED_ISSUERS", None, as_raw, "JSON: trusted JWT issuers and their keys"),
+    Setting("TRUSTED_ISSUERS_FILE", None, as_str, "path of a JSON or YAML file with the trusted issuers"),
+    Setting("PUBLIC_BASE_URL", None, as_str, "external base URL (JWT audience)"),
+    Setting("JWT_LEEWAY_SECONDS", 30, as_int, "clock skew allowed on JWT exp/iat"),
+    Setting("JWT_MAX_LIFETIME_SECONDS", 3600, as_int, "longest accepted JWT lifetime left (exp - now)"),
+    Setting("JWKS_CACHE_SECONDS", 300, as_int, "how long a fetched JWK Set is trusted before re-fetch"),
+    Setting("JWKS_REFETCH_MIN_SECONDS", 30, as_int, "least time between JWK Set fetches per URL (unknown kid)"),
+    Setting("JWKS_FETCH_TIMEOUT_SECONDS", 3.0, as_float, "timeout of one JWK Set fetch"),
+    Setting("CORS_ALLOW_ORIGIN", "*", as_str, "Access-Control-Allow-Origin value"),
+    Setting("FIXED_NOW", None, as_instant, "tests and fixtures only: evaluation time handed to hooks"),
+    Setting("LOG_LEVEL", "INFO", as_str, "log level"),
+    Setting("SUPPRESS_OVERRIDDEN_CARDS", False, as_bool, "hide cards the user overrode before"),
+    Setting("METRICS_ENABLED", True, as_bool, "serve Prometheus metrics at /metrics"),
+)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict:
+    """Resolve every setting (mapping > environment > default). Unknown mapping keys pass through unchanged
+    (e.g. Flask's TESTING)."""
+    overrides = dict(overrides or {})
+    environ = os.environ if environ is None else environ
+    resolved: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            raw = overrides.pop(setting.name)
+        elif setting.name in environ:
+            raw = environ[setting.name]
+        else:
+            raw = setting.default
+        if raw is None:
+            resolved[setting.name] = None
+            continue
+        try:
+            resolved[setting.name] = setting.parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"setting {setting.name}: {exc.__class__.__name__}: invalid value") from None
+    if not resolved.get("DATABASE_URL"):
+        resolved["DATABASE_URL"] = default_database_url()
+    resolved.update(overrides)
+    return resolved

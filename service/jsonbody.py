@@ -1,0 +1,130 @@
+"""Strict parsing of request bodies: size bound, media type, strict UTF-8, no duplicate keys, bounded depth,
+an object at the top. Every rejection is a CdsError naming the problem without echoing the body."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+
+from service.errors import CdsError, Issue
+
+ACCEPTED_MEDIA_TYPES = ("application/json", "application/fhir+json")
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, path_hint: str) -> None:
+        super().__init__(path_hint)
+        self.path_hint = path_hint
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey("duplicate key in object")
+        result[key] = value
+    return result
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when nesting of objects/arrays goes deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _raw_depth_exceeds(text: str, limit: int) -> bool:
+    """Cheap pre-check on the text so json.loads never recurses into pathological nesting."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def check_media_type() -> None:
+    mimetype = (request.mimetype or "").lower()
+    if mimetype not in ACCEPTED_MEDIA_TYPES:
+        raise CdsError.one(415, "Content-Type", "expected application/json", "not-supported")
+
+
+def read_body() -> bytes:
+    """The raw body, bounded by MAX_REQUEST_BYTES whether or not Content-Length was sent."""
+    limit = int(current_app.config["MAX_REQUEST_BYTES"])
+    if request.content_length is not None and request.content_length > limit:
+        raise CdsError.one(413, None, "request body too large", "too-costly")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise CdsError.one(413, None, "request body too large", "too-costly")
+    return data
+
+
+def parse_json(data: bytes, max_depth: int) -> dict[str, Any]:
+    """Bytes -> JSON object, strictly. Raises CdsError(400) naming the reason."""
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise CdsError.one(400, None, "body is not valid UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise CdsError.one(400, None, "body starts with a byte order mark")
+    if not text.strip():
+        raise CdsError.one(400, None, "body is empty")
+    if _raw_depth_exceeds(text, max_depth):
+        raise CdsError.one(400, None, f"JSON nesting deeper than {max_depth}")
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constants)
+    except _DuplicateKey:
+        raise CdsError.one(400, None, "duplicate key in a JSON object") from None
+    except _NonStandardNumber:
+        raise CdsError.one(400, None, "NaN and Infinity are not JSON") from None
+    except (ValueError, RecursionError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CdsError.one(400, None, f"body is not valid JSON{where}") from None
+    if _depth_exceeds(value, max_depth):
+        raise CdsError.one(400, None, f"JSON nesting deeper than {max_depth}")
+    if not isinstance(value, dict):
+        raise CdsError.one(400, None, "the body must be a JSON object")
+    return value
+
+
+class _NonStandardNumber(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise _NonStandardNumber(name)
+
+
+def json_body() -> dict[str, Any]:
+    """The current request's JSON object (media type, size, encoding, duplicates and depth checked)."""
+    check_media_type()
+    return parse_json(read_body(), int(current_app.config["MAX_JSON_DEPTH"]))
+
+
+__all__ = ["json_body", "parse_json", "read_body", "check_media_type", "Issue"]

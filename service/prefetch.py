@@ -1,0 +1,98 @@
+"""Prefetch resolution: use the keys the client sent, fetch the missing ones (and the OperationOutcome ones)
+from fhirServer, and decide what is unobtainable. Required keys that cannot be had -> 412."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from flask import current_app
+
+from hooks.registry import CdsServiceDefinition
+from service import fhirfetch, metrics
+from service.errors import CdsError, Issue
+from service.hookcall import HookCall
+from service.templates import TemplateError, render, token_values
+
+
+@dataclass(frozen=True)
+class ResolvedPrefetch:
+    data: Mapping[str, Any]                 # key -> resource / Bundle / None ("no data")
+    unavailable: frozenset[str]             # keys whose data could not be had
+    provided: int                           # keys used as they came
+    fetched: int                            # keys read from the FHIR server
+
+
+def _is_outcome(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
+
+
+def resolve(definition: CdsServiceDefinition, call: HookCall) -> ResolvedPrefetch:
+    config = current_app.config
+    deadline = time.monotonic() + float(config["FHIR_FETCH_DEADLINE_SECONDS"])
+    data: dict[str, Any] = {}
+    missing: dict[str, str | None] = {}      # key -> rendered relative URL (None: template cannot be rendered)
+    to_continue: dict[str, Mapping[str, Any]] = {}
+    values = token_values(call.context)
+    provided = 0
+    for key, template in definition.prefetch.items():
+        value = call.prefetch.get(key, _ABSENT)
+        if value is not _ABSENT and not _is_outcome(value):
+            data[key] = value
+            provided += 1
+            if isinstance(value, Mapping) and value.get("resourceType") == "Bundle" and fhirfetch.next_link(value):
+                to_continue[key] = value
+            continue
+        try:
+            missing[key] = render(template, values)
+        except TemplateError:
+            missing[key] = None
+
+    unavailable = {key for key, url in missing.items() if url is None}
+    fetchable = {key: url for key, url in missing.items() if url is not None}
+    fetched = 0
+    if call.fhir_server and (fetchable or to_continue):
+        client = fhirfetch.FhirClient(
+            base_url=call.fhir_server,
+            access_token=call.fhir_authorization.access_token if call.fhir_authorization else None,
+            deadline=deadline,
+            max_pages=int(config["FHIR_MAX_PAGES"]),
+            max_response_bytes=int(config["FHIR_MAX_RESPONSE_BYTES"]),
+        )
+        jobs: dict[str, Callable[[], fhirfetch.FetchResult]] = {}
+        for key, url in fetchable.items():
+            jobs[key] = (lambda k=key, u=url: client.fetch(k, u))
+        for key, bundle in to_continue.items():
+            jobs[key] = (lambda k=key, b=bundle: client.continue_paging(k, b))
+        results = fhirfetch.run_jobs(jobs, deadline, int(config["FHIR_FETCH_WORKERS"]))
+        for key, result in results.items():
+            metrics.observe_fhir_fetch(result.resource_type, result.seconds, result.error)
+            if key in to_continue:
+                # The first page came with the request; if the rest cannot be read, keep what came.
+                if result.error is None:
+                    data[key] = result.resource
+                continue
+            if result.error is None:
+                data[key] = result.resource
+                fetched += 1
+            else:
+                unavailable.add(key)
+    else:
+        unavailable.update(fetchable)
+
+    metrics.count_prefetch(definition.id, provided=provided, fetched=fetched, unavailable=len(unavailable))
+    lacking = sorted(definition.required_prefetch & unavailable)
+    if lacking:
+        raise CdsError(412, [
+            Issue("required prefetch data could not be obtained (not sent, and not readable from fhirServer)",
+                  f"prefetch.{key}", "not-found")
+            for key in lacking
+        ])
+    return ResolvedPrefetch(data, frozenset(unavailable), provided, fetched)
+
+
+class _Absent:
+    pass
+
+
+_ABSENT = _Absent()
