@@ -557,8 +557,7 @@ def init_app(app: Flask) -> None:
     engine = _storage_engine(app)
     replay_guard = None
     if engine is not None:
-        jwt_replay.create(engine, checkfirst=True)
-        replay_guard = ReplayGuard(engine)
+        replay_guard = ReplayGuard(engine)        # its table is created with the rest of storage.metadata
     else:
         log.error("replay guard without a database: jti replay is checked by no one", extra={"reason": "no_storage"})
     verifier = JwtVerifier(
@@ -590,6 +589,7 @@ def init_app(app: Flask) -> None:
             )
             return unauthorized()
         g.jwt_iss = token.iss
+        g.auth_issuer = token.iss                 # read by the feedback store
         g.jwt_jti = token.jti
         g.jwt_tenant = token.tenant
         return None

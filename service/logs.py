@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -41,6 +42,8 @@ FIELDS = (
     "count",
 )
 MAX_VALUE_CHARS = 200
+#: a hookInstance is a UUID by spec; anything else shaped like free text is not written
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HANDLER_MARK = "_msk_cds_json_handler"
 
 
@@ -105,6 +108,14 @@ def configure_logging(level: str | int = "INFO", stream: Any = None) -> logging.
     return handler
 
 
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return len(value) if isinstance(value, (list, tuple, set, frozenset, dict)) else None
+
+
 def annotate(**fields: Any) -> None:
     """Add whitelisted fields to this request's log line (e.g. service, hook_instance, cards)."""
     store: dict[str, Any] = g.setdefault("log_fields", {})
@@ -139,9 +150,18 @@ def init_app(app: Flask) -> None:
             "jti": g.get("jwt_jti"),
             "reason": g.get("auth_reason"),
         }
-        service_id = (request.view_args or {}).get("service_id")
+        # what the CDS route recorded on g (service/cds.py); the service id only when it is one of ours
+        service_id = g.get("cds_service_id")
         if isinstance(service_id, str) and service_id in registered_services():
             fields["service"] = service_id
+        hook_instance = g.get("cds_hook_instance")
+        if isinstance(hook_instance, str) and _TOKEN_SHAPE.fullmatch(hook_instance):
+            fields["hook_instance"] = hook_instance
+        fields["cards"] = g.get("cds_card_count")
+        prefetch = g.get("cds_prefetch")
+        if isinstance(prefetch, Mapping):
+            fields["fetched_keys"] = _count(prefetch.get("fetched"))
+            fields["unavailable_keys"] = _count(prefetch.get("unavailable"))
         fields.update(request_fields())
         request_log.info("request", extra={k: v for k, v in fields.items() if v is not None})
         return response
