@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g
 from hooks.knowledge import knowledge_version
 from hooks.record import PatientRecord
 from hooks.registry import CdsServiceDefinition, HookRequest, registered_services
-from service import metrics, prefetch
+from service import logs, metrics, prefetch
 from service.errors import CdsError
 from service.feedback import validate_feedback
 from service.hookcall import validate_call
@@ -56,13 +56,12 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def invoke(service_id: str) -> Response:
     definition = _definition(service_id)
-    g.cds_service_id = definition.id
+    logs.annotate(service=definition.id, hook=definition.hook)
     body = json_body()
     call = validate_call(body, definition.hook)
-    g.cds_hook_instance = call.hook_instance
+    logs.annotate(hook_instance=call.hook_instance)
     resolved = prefetch.resolve(definition, call)
-    g.cds_prefetch = {"provided": resolved.provided, "fetched": resolved.fetched,
-                      "unavailable": len(resolved.unavailable)}
+    logs.annotate(fetched_keys=resolved.fetched, unavailable_keys=len(resolved.unavailable))
     record = PatientRecord.from_prefetch(resolved.data, call.context.get("draftOrders"), resolved.unavailable)
     request = HookRequest(
         service_id=definition.id,
@@ -78,7 +77,7 @@ def invoke(service_id: str) -> Response:
     payload: dict[str, Any] = {"cards": cards}
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)
-    g.cds_card_count = len(cards)
+    logs.annotate(cards=len(cards), system_actions=len(payload.get("systemActions", ())))
     metrics.count_cards(definition.id, cards)
     return json_response(payload)
 
@@ -86,9 +85,11 @@ def invoke(service_id: str) -> Response:
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     definition = _definition(service_id)
-    g.cds_service_id = definition.id
+    logs.annotate(service=definition.id)
     items = validate_feedback(json_body())
-    stored = get_storage().save_feedback(definition.id, items, issuer=g.get("auth_issuer"))
+    # g.jwt_iss is set by service.auth when the call carried a verified JWT.
+    stored = get_storage().save_feedback(definition.id, items, issuer=g.get("jwt_iss"))
+    logs.annotate(stored=stored)
     for item in items:
         metrics.count_feedback(definition.id, item["outcome"])
     return json_response({"stored": stored})
