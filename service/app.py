@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from service import auth, cors, errors, logs, metrics, storage
+from service import auth, cors, errors, ledger, logs, metrics, storage
 from service.config import load_settings
 
 
@@ -24,6 +24,7 @@ def create_app(settings: Mapping[str, Any] | None = None) -> Flask:
     logs.init_app(app)
     auth.init_app(app)
     metrics.init_app(app)
+    ledger.init_app(app)
 
     from service.cds import bp as cds_bp
     from service.ops import bp as ops_bp

@@ -15,6 +15,7 @@ from service.errors import CdsError
 from service.feedback import validate_feedback
 from service.hookcall import validate_call
 from service.jsonbody import json_body
+from service import ledger
 from service.storage import get_storage
 
 bp = Blueprint("cds", __name__)
@@ -73,12 +74,12 @@ def invoke(service_id: str) -> Response:
         fhir_server=call.fhir_server,
     )
     result = definition.handler(request)
-    cards = list(result.cards)
+    # order-sign does not repeat order-select cards; overridden cards may be withheld; cards are recorded and counted
+    cards = ledger.after_handler(request, result.cards)
     payload: dict[str, Any] = {"cards": cards}
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)
     logs.annotate(cards=len(cards), system_actions=len(payload.get("systemActions", ())))
-    metrics.count_cards(definition.id, cards)
     return json_response(payload)
 
 

@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev-no-auth", action="store_true",
         help="development only: accept calls without a JWT (same as AUTH_DISABLED=true)",
     )
+    parser.add_argument("--production", action="store_true",
+                        help="serve with gunicorn (service/gunicorn_conf.py): several workers, metrics across them")
+    parser.add_argument("--workers", type=int, help="--production: worker processes (default WEB_CONCURRENCY or 2xCPU+1)")
+    parser.add_argument("--bind", help="--production: address to listen on (default 0.0.0.0:$PORT, PORT=8080)")
 
 
 def settings_from(args: argparse.Namespace) -> dict:
@@ -24,6 +28,12 @@ def settings_from(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.production:
+        from service import production
+
+        if args.dev_no_auth:
+            log.warning("--dev-no-auth is ignored with --production; set AUTH_DISABLED explicitly")
+        production.serve(workers=args.workers, bind=args.bind)     # replaces this process with gunicorn
     from service import create_app
 
     app = create_app(settings_from(args))

@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "INFO", as_str, "log level"),
     Setting("SUPPRESS_OVERRIDDEN_CARDS", False, as_bool, "hide cards the user overrode before"),
     Setting("METRICS_ENABLED", True, as_bool, "serve Prometheus metrics at /metrics"),
+    Setting("NO_REPEAT_WINDOW_HOURS", 24.0, as_float, "order-sign withholds cards shown at order-select this recently"),
+    Setting("OVERRIDE_SUPPRESSION_DAYS", 30.0, as_float, "how long SUPPRESS_OVERRIDDEN_CARDS remembers an override"),
+    Setting("LEDGER_SALT", None, as_str, "key for patient/user pseudonyms in the card ledger (default: one per database)"),
 )
 
 

@@ -226,6 +226,9 @@ def _record_request(response: Response) -> Response:
     if start is not None and route is not None:
         endpoint, service_id = route
         observe_request(service_id, endpoint, response.status_code, time.perf_counter() - start)
+    # service.auth leaves the reason of a rejected call in g (the 401 itself stays bare).
+    if response.status_code == 401 and g.get("auth_reason"):
+        count_auth_failure(g.get("auth_reason"))
     return response
 
 
@@ -239,6 +242,7 @@ def init_app(app: Flask) -> None:
     from hooks.registry import registered_services
 
     app.extensions[EXTENSION_KEY] = Metrics.build(registered_services().keys())
-    app.before_request(_start_timer)
+    # First of all before-request functions, so calls that auth rejects are timed too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     app.after_request(_record_request)
     app.register_blueprint(bp)
