@@ -1,0 +1,458 @@
+"""Typed models of the clinical knowledge files (pathways, medications, safety, evidence, conditions, services).
+
+Loaded once and cross-checked (every drug, step, service, value set, fact and citation a file names must exist),
+so a bad file stops start-up with a `KnowledgeError` naming the file, the place and the reason.
+"""
+from __future__ import annotations
+
+import string
+from functools import lru_cache
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, model_validator
+
+from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model
+
+# The facts the pathway conditions and text templates may name; hooks/pathways/facts.py computes exactly these.
+FACT_NAMES = frozenset({
+    "age", "pregnant", "pregnancy_weeks", "nsaid_current", "nsaid_trial_days", "pain_nrs", "pain_days",
+    "symptom_support", "biologic_current", "tnf_current", "tnf_failed", "tnf_failed_primary", "tnf_failed_secondary",
+    "tnf_exposure_days", "diabetes", "egfr", "gi_risk", "nsaid_allergy", "sulfonamide_allergy",
+    "active_serious_infection", "physiological_context", "ibd", "disease_stable", "anticoagulant_current",
+})
+# Dates a text template may name besides the facts.
+DATE_NAMES = frozenset({"nsaid_trial_due", "response_check_due", "reassess_date"})
+DRUG_CLASSES = frozenset({
+    "nsaid", "cox2_inhibitor", "ppi", "tnf_inhibitor", "il17_inhibitor", "jak_inhibitor", "biologic",
+    "systemic_glucocorticoid", "csdmard", "opioid", "anticoagulant", "antiplatelet", "bone_antiresorptive",
+    "prostacyclin",
+})
+Indicator = Literal["info", "warning", "critical"]
+
+
+# --------------------------------------------------------------------------------------------------- evidence
+class Source(StrictModel):
+    id: str
+    label: str
+    citation: str
+    url: str | None = None
+    doi: str | None = None
+    status: Literal["verified", "unverified"]
+    match: Literal["inferred", "source", "labelling", "standard"]
+
+
+class EvidenceFile(StrictModel):
+    sources: list[Source]
+
+    def by_id(self) -> dict[str, Source]:
+        return {s.id: s for s in self.sources}
+
+
+# ------------------------------------------------------------------------------------------------ medications
+class Quantity(StrictModel):
+    value: float
+    unit: str
+
+
+class DoseRange(StrictModel):
+    low: float
+    high: float
+    unit: str
+
+
+class Dosing(StrictModel):
+    product: str | None = None             # SCD code among the drug's products; else the ingredient is used
+    dose: Quantity | None = None
+    dose_range: DoseRange | None = None
+    route: str
+    frequency: int
+    period: float
+    period_unit: Literal["h", "d", "wk", "mo"]
+    count: int | None = None               # total administrations (single-dose drugs)
+    duration_days: int | None = None
+    reassess_days: int | None = None
+    text: str
+    citations: list[str]
+
+    @model_validator(mode="after")
+    def _one_dose(self) -> "Dosing":
+        if (self.dose is None) == (self.dose_range is None):
+            raise ValueError("give exactly one of dose, dose_range")
+        return self
+
+
+class Drug(StrictModel):
+    id: str
+    name: str
+    classes: list[str]
+    ingredient: Coding
+    products: list[Coding] = Field(default_factory=list)
+    related_ingredients: list[Coding] = Field(default_factory=list)   # biosimilars: same family
+    biosimilar_family: str | None = None
+    dosing: dict[str, Dosing] = Field(default_factory=dict)
+
+    def product(self, code: str | None) -> Coding | None:
+        return next((p for p in self.products if p.code == code), None)
+
+    def all_codes(self) -> list[Coding]:
+        return [self.ingredient, *self.products, *self.related_ingredients]
+
+
+class ResponseKind(StrictModel):
+    codes: list[str]
+    phrases: list[str]
+
+
+class ResponseReasons(StrictModel):
+    system: str
+    kinds: dict[Literal["primary_nonresponse", "secondary_nonresponse", "intolerance"], ResponseKind]
+
+
+class MedicationsFile(StrictModel):
+    units_system: str
+    routes: dict[str, Coding]
+    response_reasons: ResponseReasons
+    drugs: list[Drug]
+
+    def by_id(self) -> dict[str, Drug]:
+        return {d.id: d for d in self.drugs}
+
+
+# ------------------------------------------------------------------------------------------------- conditions
+class ValueSet(StrictModel):
+    codings: list[Coding]
+    phrases: list[str] = Field(default_factory=list)
+
+
+class ConditionsFile(StrictModel):
+    value_sets: dict[str, ValueSet]
+
+
+# ---------------------------------------------------------------------------------------------------- services
+class ServiceCode(StrictModel):
+    text: str
+    category: Literal["therapy", "procedure", "imaging", "referral", "laboratory"]
+    coding: Coding
+    note: str | None = None
+
+
+class ServicesFile(StrictModel):
+    local_system: str
+    services: dict[str, ServiceCode]
+    order_kinds: dict[str, ValueSet]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_codes(cls, data: Any) -> Any:
+        # "system: local" is shorthand for the file's own local code system.
+        if isinstance(data, dict) and isinstance(data.get("services"), dict):
+            local = data.get("local_system")
+            for service in data["services"].values():
+                coding = service.get("coding") if isinstance(service, dict) else None
+                if isinstance(coding, dict) and coding.get("system") == "local" and isinstance(local, str):
+                    coding["system"] = local
+        return data
+
+
+# ------------------------------------------------------------------------------------------------------ safety
+class SafetyCheck(StrictModel):
+    id: str
+    applies_to: list[str]
+    effect: Literal["block", "warn", "substitute", "require_orders"]
+    params: dict[str, Any]
+    wording: str
+    citations: list[str]
+
+    @property
+    def rule(self) -> str:
+        return f"safety.{self.id}"
+
+
+class ScreeningResults(StrictModel):
+    positive_codes: list[Coding]
+    negative_codes: list[Coding]
+    positive_phrases: list[str]
+    negative_phrases: list[str]
+    max_age_days: int
+
+
+class AllergyClass(StrictModel):
+    drug_classes: list[str]
+    drugs: list[str]
+    codings: list[Coding]
+    phrases: list[str]
+
+
+class OverrideReason(StrictModel):
+    code: str
+    display: str
+
+
+class SafetyFile(StrictModel):
+    checks: list[SafetyCheck]
+    screening_results: ScreeningResults
+    allergy_classes: dict[str, AllergyClass]
+    override_reasons: list[OverrideReason]
+    override_system: str
+
+    def by_id(self) -> dict[str, SafetyCheck]:
+        return {c.id: c for c in self.checks}
+
+
+# ---------------------------------------------------------------------------------------------------- pathways
+class Cond(StrictModel):
+    """One condition of the pathway language (exactly one kind per node)."""
+
+    finding: str | None = None
+    condition: str | None = None
+    pathway: str | None = None
+    fact: str | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    all: list["Cond"] | None = None
+    any: list["Cond"] | None = None
+    not_: "Cond | None" = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Cond":
+        kinds = [k for k in ("finding", "condition", "pathway", "fact", "all", "any", "not_") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a condition has exactly one of finding/condition/pathway/fact/all/any/not, got {kinds}")
+        comparisons = [k for k in ("gt", "ge", "lt", "le") if getattr(self, k) is not None]
+        if comparisons and self.fact is None:
+            raise ValueError("gt/ge/lt/le only go with fact")
+        if len(comparisons) > 1:
+            raise ValueError("one comparison per fact condition")
+        return self
+
+    def walk(self):
+        yield self
+        for child in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
+            yield from child.walk()
+
+
+class MedicationAction(StrictModel):
+    drugs: list[str]
+    dosing: str
+    companions: list[str] = Field(default_factory=list)       # services added to each alternative's suggestion
+    skip_if_current: list[str] = Field(default_factory=list)  # already on a drug of these classes: do not re-suggest
+    recommended_classes: list[str] = Field(default_factory=list)
+    exclude_failed_family: bool = False
+
+
+class Step(StrictModel):
+    id: str
+    title: str
+    indicator: Indicator
+    when: Cond | None = None
+    defer_to: list[str] = Field(default_factory=list)
+    summary: str = Field(max_length=139)
+    where: str
+    next: list[str]
+    medications: MedicationAction | None = None
+    services: list[str] = Field(default_factory=list)
+    service_priority: Literal["routine", "urgent"] = "routine"
+
+
+class Pathway(StrictModel):
+    id: str
+    title: str
+    seed: str
+    evidence: list[str]
+    topic: Coding
+    entry: Cond
+    defer_to: list[str] = Field(default_factory=list)
+    reason_conditions: list[str]
+    findings_shown: list[str]
+    notes: list[str]
+    t1_required: bool = False
+    steps: list[Step]
+
+    def rule(self, step_id: str) -> str:
+        return f"{self.id}.{step_id}"
+
+
+class OrderMatch(StrictModel):
+    drug_classes: list[str] = Field(default_factory=list)
+    order_kinds: list[str] = Field(default_factory=list)
+    min_days: int | None = None
+
+
+class OrderCheck(StrictModel):
+    id: str
+    summary: str = Field(max_length=139)
+    detail: str
+    match: OrderMatch
+    when: Cond
+    fix: Literal["delete", "replace_with_pathway_step", "replace_with_service"]
+    replacement_service: str | None = None
+    citations: list[str]
+
+    @property
+    def rule(self) -> str:
+        return f"order_check.{self.id}"
+
+
+class OrderGuidance(StrictModel):
+    summary: str
+    detail: str
+
+
+class PathwaysFile(StrictModel):
+    version_note: str
+    advice_footer: str
+    nsaid_failure_days: int
+    response_check_days: int
+    pathways: list[Pathway]
+    order_checks: list[OrderCheck]
+    order_guidance: OrderGuidance
+
+    def by_id(self) -> dict[str, Pathway]:
+        return {p.id: p for p in self.pathways}
+
+
+# ------------------------------------------------------------------------------------------------ the whole base
+class ClinicalKnowledge:
+    """All clinical files, loaded and cross-checked together."""
+
+    def __init__(self, evidence: EvidenceFile, medications: MedicationsFile, conditions: ConditionsFile,
+                 services: ServicesFile, safety: SafetyFile, pathways: PathwaysFile) -> None:
+        self.evidence = evidence.by_id()
+        self.medications = medications
+        self.drugs = medications.by_id()
+        self.value_sets = conditions.value_sets
+        self.services = services
+        self.safety = safety
+        self.checks = safety.by_id()
+        self.pathway_file = pathways
+        self.pathways = pathways.by_id()
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
+    def need(ok: bool, file: str, place: str, reason: str) -> None:
+        if not ok:
+            raise KnowledgeError(file, place, reason)
+
+    for drug in k.medications.drugs:
+        for cls in drug.classes:
+            need(cls in DRUG_CLASSES, "medications.yaml", f"drugs.{drug.id}.classes", f"unknown class {cls!r}")
+        for key, dosing in drug.dosing.items():
+            place = f"drugs.{drug.id}.dosing.{key}"
+            need(dosing.route in k.medications.routes, "medications.yaml", place, f"unknown route {dosing.route!r}")
+            need(dosing.product is None or drug.product(dosing.product) is not None, "medications.yaml", place,
+                 f"product {dosing.product!r} is not among the drug's products")
+            for c in dosing.citations:
+                need(c in k.evidence, "medications.yaml", place, f"unknown citation {c!r}")
+    for check in k.safety.checks:
+        place = f"checks.{check.id}"
+        for cls in check.applies_to:
+            need(cls in DRUG_CLASSES, "safety.yaml", place, f"unknown drug class {cls!r}")
+        for c in check.citations:
+            need(c in k.evidence, "safety.yaml", place, f"unknown citation {c!r}")
+        for services in (check.params.get("orders") or {}).values():
+            for s in services:
+                need(s in k.services.services, "safety.yaml", place, f"unknown service {s!r}")
+    for name, allergy in k.safety.allergy_classes.items():
+        for d in allergy.drugs:
+            need(d in k.drugs, "safety.yaml", f"allergy_classes.{name}", f"unknown drug {d!r}")
+    need("gi_risk" in k.checks and "biologic_screening" in k.checks, "safety.yaml", "checks",
+         "the engine needs the gi_risk and biologic_screening checks")
+
+    pathway_ids = set(k.pathways)
+
+    def check_cond(cond: Cond, file: str, place: str) -> None:
+        for node in cond.walk():
+            if node.fact is not None:
+                need(node.fact in FACT_NAMES, file, place, f"unknown fact {node.fact!r}")
+            if node.condition is not None:
+                need(node.condition in k.value_sets, file, place, f"unknown value set {node.condition!r}")
+            if node.pathway is not None:
+                need(node.pathway in pathway_ids, file, place, f"unknown pathway {node.pathway!r}")
+            if node.finding is not None and concepts is not None:
+                need(node.finding in concepts, file, place, f"unknown finding concept {node.finding!r}")
+
+    known_text = FACT_NAMES | DATE_NAMES
+    for pathway in k.pathway_file.pathways:
+        base = f"pathways.{pathway.id}"
+        need(pathway.seed in k.evidence, "pathways.yaml", base, f"unknown seed source {pathway.seed!r}")
+        for c in pathway.evidence:
+            need(c in k.evidence, "pathways.yaml", base + ".evidence", f"unknown citation {c!r}")
+        for p in pathway.defer_to:
+            need(p in pathway_ids, "pathways.yaml", base + ".defer_to", f"unknown pathway {p!r}")
+        for v in pathway.reason_conditions:
+            need(v in k.value_sets, "pathways.yaml", base + ".reason_conditions", f"unknown value set {v!r}")
+        check_cond(pathway.entry, "pathways.yaml", base + ".entry")
+        need(bool(pathway.steps), "pathways.yaml", base + ".steps", "a pathway needs at least one step")
+        seen: set[str] = set()
+        for step in pathway.steps:
+            place = f"{base}.steps.{step.id}"
+            need(step.id not in seen, "pathways.yaml", place, "duplicate step id")
+            seen.add(step.id)
+            if step.when is not None:
+                check_cond(step.when, "pathways.yaml", place + ".when")
+            for p in step.defer_to:
+                need(p in pathway_ids, "pathways.yaml", place, f"unknown pathway {p!r}")
+            for text in (step.summary, step.where, *step.next):
+                unknown = _placeholders(text) - known_text
+                need(not unknown, "pathways.yaml", place, f"unknown placeholders {sorted(unknown)}")
+            for s in step.services:
+                need(s in k.services.services, "pathways.yaml", place, f"unknown service {s!r}")
+            if step.medications:
+                med = step.medications
+                for s in med.companions:
+                    need(s in k.services.services, "pathways.yaml", place, f"unknown service {s!r}")
+                for cls in (*med.skip_if_current, *med.recommended_classes):
+                    need(cls in DRUG_CLASSES, "pathways.yaml", place, f"unknown drug class {cls!r}")
+                for d in med.drugs:
+                    need(d in k.drugs, "pathways.yaml", place, f"unknown drug {d!r}")
+                    need(med.dosing in k.drugs[d].dosing, "pathways.yaml", place,
+                         f"drug {d!r} has no dosing {med.dosing!r}")
+    for check in k.pathway_file.order_checks:
+        place = f"order_checks.{check.id}"
+        check_cond(check.when, "pathways.yaml", place + ".when")
+        for cls in check.match.drug_classes:
+            need(cls in DRUG_CLASSES, "pathways.yaml", place, f"unknown drug class {cls!r}")
+        for kind in check.match.order_kinds:
+            need(kind in k.services.order_kinds, "pathways.yaml", place, f"unknown order kind {kind!r}")
+        for c in check.citations:
+            need(c in k.evidence, "pathways.yaml", place, f"unknown citation {c!r}")
+        need(check.fix != "replace_with_service" or check.replacement_service in k.services.services,
+             "pathways.yaml", place, "replace_with_service needs a known replacement_service")
+    gi = k.checks["gi_risk"].params
+    need(gi.get("prefer_drug") in k.drugs, "safety.yaml", "checks.gi_risk.params", "prefer_drug is not a drug")
+
+
+def _concept_ids() -> frozenset[str] | None:
+    """Finding concept ids from B's concepts.yaml, when it exists (else findings are not cross-checked)."""
+    from hooks.knowledge import KNOWLEDGE_DIR, load_yaml
+
+    if not (KNOWLEDGE_DIR / "concepts.yaml").exists():
+        return None
+    data = load_yaml("concepts.yaml")
+    concepts = data.get("concepts") if isinstance(data, Mapping) else None
+    if isinstance(concepts, list):
+        return frozenset(c["id"] for c in concepts if isinstance(c, Mapping) and isinstance(c.get("id"), str))
+    if isinstance(concepts, Mapping):
+        return frozenset(str(key) for key in concepts)
+    return None
+
+
+@lru_cache(maxsize=1)
+def clinical_knowledge() -> ClinicalKnowledge:
+    """The clinical knowledge base, loaded once per process and cross-checked."""
+    k = ClinicalKnowledge(
+        evidence=load_model("evidence.yaml", EvidenceFile),
+        medications=load_model("medications.yaml", MedicationsFile),
+        conditions=load_model("conditions.yaml", ConditionsFile),
+        services=load_model("service_codes.yaml", ServicesFile),
+        safety=load_model("safety.yaml", SafetyFile),
+        pathways=load_model("pathways.yaml", PathwaysFile),
+    )
+    _cross_check(k, _concept_ids())
+    return k
