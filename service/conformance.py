@@ -216,7 +216,10 @@ def check_discovery(response: Any) -> list[str]:
     """Rules of the discovery response: services with hook, description, id; prefetch and extension objects."""
     if not isinstance(response, dict) or not isinstance(response.get("services"), list):
         return ["services: required array"]
-    problems = list(_empty_values({k: v for k, v in response.items() if k != "services"}, ""))
+    problems: list[str] = []
+    for key, value in response.items():
+        if key != "services":
+            problems.extend(_empty_values(value, key))
     for index, service in enumerate(response["services"]):
         path = f"services[{index}]"
         if not isinstance(service, dict):
