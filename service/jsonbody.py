@@ -79,10 +79,19 @@ def read_body() -> bytes:
     limit = int(current_app.config["MAX_REQUEST_BYTES"])
     if request.content_length is not None and request.content_length > limit:
         raise CdsError.one(413, None, "request body too large", "too-costly")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
+    # Read to the end: one read() may return less than asked (chunked bodies), and Werkzeug silently caps a
+    # body without Content-Length at MAX_CONTENT_LENGTH, raising 413 only on the read after that.
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise CdsError.one(413, None, "request body too large", "too-costly")
-    return data
+    return b"".join(chunks)
 
 
 def parse_json(data: bytes, max_depth: int) -> dict[str, Any]:
