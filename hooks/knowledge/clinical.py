@@ -161,6 +161,7 @@ class SafetyCheck(StrictModel):
     effect: Literal["block", "warn", "substitute", "require_orders"]
     params: dict[str, Any]
     wording: str
+    unknown_wording: str | None = None     # said when the data the check needs could not be obtained
     citations: list[str]
 
     @property
@@ -305,6 +306,10 @@ class PathwaysFile(StrictModel):
     advice_footer: str
     nsaid_failure_days: int
     response_check_days: int
+    stable_pain_nrs_max: float
+    t1_missing_note: str
+    fact_labels: dict[str, str]
+    nsaid_gap_days: int
     pathways: list[Pathway]
     order_checks: list[OrderCheck]
     order_guidance: OrderGuidance
@@ -377,6 +382,9 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
             if node.finding is not None and concepts is not None:
                 need(node.finding in concepts, file, place, f"unknown finding concept {node.finding!r}")
 
+    labels = set(k.pathway_file.fact_labels)
+    need(labels == FACT_NAMES, "pathways.yaml", "fact_labels",
+         f"labels must cover exactly the facts: missing {sorted(FACT_NAMES - labels)}, unknown {sorted(labels - FACT_NAMES)}")
     known_text = FACT_NAMES | DATE_NAMES
     for pathway in k.pathway_file.pathways:
         base = f"pathways.{pathway.id}"
@@ -426,6 +434,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
              "pathways.yaml", place, "replace_with_service needs a known replacement_service")
     gi = k.checks["gi_risk"].params
     need(gi.get("prefer_drug") in k.drugs, "safety.yaml", "checks.gi_risk.params", "prefer_drug is not a drug")
+    need(gi.get("ppi_drug") in k.drugs and gi.get("ppi_dosing") in k.drugs[gi["ppi_drug"]].dosing, "safety.yaml",
+         "checks.gi_risk.params", "ppi_drug/ppi_dosing must name a drug and one of its dosings")
 
 
 def _concept_ids() -> frozenset[str] | None:

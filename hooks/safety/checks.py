@@ -1,0 +1,188 @@
+"""Safety checks run before a drug is suggested and on every drafted drug: GI risk, kidney function, allergy,
+pregnancy, biologic screening and infection, IL-17/IBD and JAK warnings, denosumab prerequisites.
+
+The thresholds, wording and citations live in knowledge/safety.yaml; this module holds what each check means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from hooks.knowledge import KnowledgeError
+from hooks.knowledge.clinical import ClinicalKnowledge, SafetyCheck, clinical_knowledge
+from hooks.pathways.facts import PatientFacts
+
+
+@dataclass(frozen=True)
+class SafetyFlag:
+    """One check that fired for one drug."""
+
+    check: str
+    rule: str
+    effect: str                  # block / warn / substitute / require_orders / unknown
+    text: str                    # wording from the data, filled with the patient's values
+    citations: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DrugSafety:
+    """The outcome of all checks for one drug and one patient."""
+
+    drug: str
+    flags: tuple[SafetyFlag, ...] = ()
+    add_services: tuple[str, ...] = ()                  # tests to order in the same suggestion
+    add_drugs: tuple[tuple[str, str], ...] = ()         # (drug id, dosing key), e.g. a PPI
+
+    @property
+    def blocked(self) -> bool:
+        return any(f.effect == "block" for f in self.flags)
+
+    @property
+    def warnings(self) -> tuple[SafetyFlag, ...]:
+        return tuple(f for f in self.flags if f.effect in ("block", "warn", "unknown"))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    effect: str
+    values: Mapping[str, object]
+    sources: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    drugs: tuple[tuple[str, str], ...] = ()
+
+
+Check = Callable[[SafetyCheck, PatientFacts, ClinicalKnowledge, str], "_Outcome | None"]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _gi_risk(check: SafetyCheck, facts: PatientFacts, k: ClinicalKnowledge, drug: str) -> _Outcome | None:
+    if not facts.gi_risk_factors:
+        return None
+    factors = ", ".join(label for label, _ in facts.gi_risk_factors)
+    sources = tuple(ref for _, ref in facts.gi_risk_factors if ref)
+    if "cox2_inhibitor" in k.drugs[drug].classes:
+        return _Outcome("substitute", {"factors": factors}, sources)
+    return _Outcome("substitute", {"factors": factors}, sources,
+                    drugs=((check.params["ppi_drug"], check.params["ppi_dosing"]),))
+
+
+def _anticoagulant(check, facts, k, drug):
+    if facts.get("anticoagulant_current"):
+        return _Outcome("warn", {}, facts.sources.get("anticoagulant_current", ()))
+    return None
+
+
+def _renal_below(check, facts, k, drug):
+    egfr = facts.get("egfr")
+    if egfr is None:
+        return _Outcome("unknown", {}) if check.unknown_wording else None
+    if egfr < check.params["egfr_below"]:
+        # a block at a lower threshold already says it all
+        stricter = [c for c in k.safety.checks if c.id != check.id and c.params.get("egfr_below", 0)
+                    < check.params["egfr_below"] and c.params.get("egfr_below") and egfr < c.params["egfr_below"]]
+        if stricter:
+            return None
+        return _Outcome(check.effect, {"egfr": _fmt(egfr)}, facts.sources.get("egfr", ()))
+    return None
+
+
+def _fact_block(fact: str) -> Check:
+    def run(check, facts, k, drug):
+        value = facts.get(fact)
+        if value is None:
+            return _Outcome("unknown", {}) if check.unknown_wording else None
+        return _Outcome(check.effect, {}, facts.sources.get(fact, ())) if value else None
+    return run
+
+
+def _pregnancy_nsaid(check, facts, k, drug):
+    if not facts.get("pregnant"):
+        return None
+    weeks = facts.get("pregnancy_weeks")
+    if weeks is not None and weeks < check.params["weeks_from"]:
+        return None
+    label = f"{weeks} weeks" if weeks is not None else "gestation unknown"
+    return _Outcome("block", {"weeks": label}, facts.sources.get("pregnant", ()) + facts.sources.get(
+        "pregnancy_weeks", ()))
+
+
+def _required_orders(check, facts, k, drug):
+    missing_groups, services = [], []
+    for group, tests in check.params["orders"].items():
+        absent = [t for t in tests if t not in facts.screening]
+        if absent:
+            missing_groups.append(group)
+            services.extend(absent)
+    if not services:
+        return None
+    return _Outcome("require_orders", {"missing": " and ".join(missing_groups)}, services=tuple(services))
+
+
+def _screening_positive(check, facts, k, drug):
+    positive = [r for r in facts.screening.values() if r.result == "positive" and r.test in ("tb_igra", "hbsag", "anti_hbc")]
+    if not positive:
+        return None
+    names = ", ".join(k.services.services[r.test].text for r in positive)
+    return _Outcome("warn", {"positive": names}, tuple(r.reference for r in positive))
+
+
+def _jak_age(check, facts, k, drug):
+    age = facts.get("age")
+    if age is not None and age >= check.params["age_from"]:
+        return _Outcome("warn", {"age": age}, facts.sources.get("age", ()))
+    return None
+
+
+CHECKS: dict[str, Check] = {
+    "gi_risk": _gi_risk,
+    "anticoagulant_nsaid": _anticoagulant,
+    "renal_block": _renal_below,
+    "renal_warn": _renal_below,
+    "nsaid_allergy": _fact_block("nsaid_allergy"),
+    "sulfonamide_allergy": _fact_block("sulfonamide_allergy"),
+    "pregnancy_nsaid": _pregnancy_nsaid,
+    "pregnancy_contraindicated": _fact_block("pregnant"),
+    "active_infection": _fact_block("active_serious_infection"),
+    "biologic_screening": _required_orders,
+    "screening_positive": _screening_positive,
+    "il17_ibd": _fact_block("ibd"),
+    "jak_boxed_warning": _jak_age,
+    "denosumab_prerequisites": _required_orders,
+}
+
+
+def verify_checks(k: ClinicalKnowledge | None = None) -> None:
+    """Every check in safety.yaml has a meaning here, and every meaning has its check (start-up guard)."""
+    k = k or clinical_knowledge()
+    ids = {c.id for c in k.safety.checks}
+    for check_id in ids - set(CHECKS):
+        raise KnowledgeError("safety.yaml", f"checks.{check_id}", "no check of this id is implemented")
+    for check_id in set(CHECKS) - ids:
+        raise KnowledgeError("safety.yaml", "checks", f"check {check_id!r} is missing")
+
+
+def evaluate_drug(drug: str, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> DrugSafety:
+    """Run every check that applies to the drug's classes, in file order."""
+    k = k or clinical_knowledge()
+    classes = set(k.drugs[drug].classes)
+    flags: list[SafetyFlag] = []
+    services: list[str] = []
+    drugs: list[tuple[str, str]] = []
+    for check in k.safety.checks:
+        if not classes & set(check.applies_to):
+            continue
+        outcome = CHECKS[check.id](check, facts, k, drug)
+        if outcome is None:
+            continue
+        template = check.unknown_wording if outcome.effect == "unknown" else check.wording
+        text = template.format_map({key: _fmt(v) for key, v in outcome.values.items()})
+        flags.append(SafetyFlag(check.id, check.rule, outcome.effect, text, tuple(check.citations), outcome.sources))
+        services.extend(s for s in outcome.services if s not in services)
+        drugs.extend(d for d in outcome.drugs if d not in drugs)
+    return DrugSafety(drug, tuple(flags), tuple(services), tuple(drugs))
