@@ -69,6 +69,8 @@ _HTTP_REASONS = {
 
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
+    if status < 400:
+        return exc.get_response()            # routing redirects keep their Location
     if status == 401:
         # Authentication failures are answered bare (CDS Hooks best practices): nothing to learn from the body.
         response = Response(b"", status=401)

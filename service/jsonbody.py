@@ -3,6 +3,7 @@ an object at the top. Every rejection is a CdsError naming the problem without e
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import current_app, request
@@ -107,7 +108,8 @@ def parse_json(data: bytes, max_depth: int) -> dict[str, Any]:
     if _raw_depth_exceeds(text, max_depth):
         raise CdsError.one(400, None, f"JSON nesting deeper than {max_depth}")
     try:
-        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_constants,
+                           parse_float=_finite_float)
     except _DuplicateKey:
         raise CdsError.one(400, None, "duplicate key in a JSON object") from None
     except _NonStandardNumber:
@@ -128,6 +130,13 @@ class _NonStandardNumber(ValueError):
 
 def _no_constants(name: str) -> Any:
     raise _NonStandardNumber(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):                    # 1e999: valid JSON syntax, but no number we can store or compare
+        raise _NonStandardNumber(text)
+    return value
 
 
 def json_body() -> dict[str, Any]:

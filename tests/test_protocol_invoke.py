@@ -129,6 +129,7 @@ def test_fhir_authorization_requires_fhir_server(client, cds_request):
     (b'"text"', "JSON object"),
     (b"", "empty"),
     (b'{"a": NaN}', "NaN"),
+    (b'{"a": 1e999}', "NaN"),
     (b"[" * 100 + b"]" * 100, "nesting"),
     (b'{"a":' * 70 + b"1" + b"}" * 70, "nesting"),
 ])
