@@ -284,3 +284,20 @@ def test_fixture_loader_builds_put_transactions():
     assert bundle["type"] == "transaction"
     assert [e["request"] for e in bundle["entry"]] == [
         {"method": "PUT", "url": "Patient/p1"}, {"method": "PUT", "url": "DiagnosticReport/r1"}]
+
+
+def test_fixture_loader_reads_the_fixture_requests():
+    requests_dir = ROOT / "fixtures" / "requests"
+    loader_command = compose()["services"]["fhir-loader"]["command"]
+    assert loader_command[-1] == "/app/fixtures/requests"
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        import load_fixtures
+    finally:
+        sys.path.remove(str(DEPLOY))
+    files = load_fixtures.fixture_files([requests_dir])
+    if not files:
+        pytest.skip("no fixture requests built yet (python -m fixtures.build)")
+    for path in files:
+        resources = list(load_fixtures.resources_in(json.loads(path.read_text(encoding="utf-8"))))
+        assert any(r["resourceType"] == "Patient" for r in resources), path.name
