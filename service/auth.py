@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import quote
 
 import jwt
 import requests
@@ -578,7 +579,11 @@ def init_app(app: Flask) -> None:
     def authenticate() -> Response | None:
         if request.method == "OPTIONS" or request.path in OPEN_PATHS:
             return None
-        audience = public_base_url + request.path if public_base_url else request.base_url
+        if public_base_url:
+            # the URL as the client wrote it (percent-encoded), like request.base_url
+            audience = public_base_url + quote(request.path, safe="/:@!$&'()*+,;=")
+        else:
+            audience = request.base_url
         try:
             token = verifier.verify(request.headers.get("Authorization"), audience)
         except AuthError as exc:
