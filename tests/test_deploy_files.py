@@ -301,3 +301,10 @@ def test_fixture_loader_reads_the_fixture_requests():
     for path in files:
         resources = list(load_fixtures.resources_in(json.loads(path.read_text(encoding="utf-8"))))
         assert any(r["resourceType"] == "Patient" for r in resources), path.name
+
+
+def test_readme_documents_every_setting_and_process_variable():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = sorted(name for name in SETTING_NAMES | PROCESS_VARIABLES - {"GUNICORN_WORKER_TMP_DIR"}
+                     if f"`{name}`" not in readme)
+    assert not missing, f"README configuration tables lack {missing}"
