@@ -1,0 +1,106 @@
+"""/metrics in one process: what each CDS Hooks call adds, bounded labels, auth failures, and METRICS_ENABLED."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import create_app, metrics
+from test_security_helpers import BASE, ISSUER, bearer, ec_key, hook_request, jwks, mint
+
+KEY = ec_key()
+SERVICE = "msk-imaging-patient-view"
+
+
+def samples(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    result = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return result
+
+
+def value(table, name, **labels) -> float:
+    return table.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture()
+def open_app(tmp_path):
+    return create_app({"AUTH_DISABLED": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'm.sqlite3'}"})
+
+
+def test_calls_are_counted_by_service_endpoint_and_status(open_app):
+    client = open_app.test_client()
+    client.get("/cds-services")
+    assert client.post(f"/cds-services/{SERVICE}", json=hook_request(SERVICE)).status_code == 200
+    assert client.post(f"/cds-services/{SERVICE}", json={"hook": "patient-view"}).status_code == 400
+    assert client.post("/cds-services/no-such-service", json={}).status_code == 404
+    feedback = {"feedback": [{"card": "c1", "outcome": "accepted", "acceptedSuggestions": [{"id": "s1"}],
+                              "outcomeTimestamp": "2026-11-20T10:00:00Z"}]}
+    assert client.post(f"/cds-services/{SERVICE}/feedback", json=feedback).status_code == 200
+    client.get("/healthz")
+
+    table = samples(client)
+    count = "msk_cds_request_duration_seconds_count"
+    assert value(table, count, service="discovery", endpoint="discovery", status="200") == 1
+    assert value(table, count, service=SERVICE, endpoint="service", status="200") == 1
+    assert value(table, count, service=SERVICE, endpoint="service", status="400") == 1
+    # an id that is not a service must not become a label value
+    assert value(table, count, service="unknown", endpoint="service", status="404") == 1
+    assert not any("no-such-service" in str(labels) for _, labels in table)
+    assert value(table, count, service=SERVICE, endpoint="feedback", status="200") == 1
+    assert value(table, "msk_cds_feedback_items_total", service=SERVICE, outcome="accepted") == 1
+    # the complete prefetch of the request came with it: 7 keys provided, none fetched
+    assert value(table, "msk_cds_prefetch_keys_total", service=SERVICE, source="provided") == 7
+    assert value(table, "msk_cds_prefetch_keys_total", service=SERVICE, source="fetched") == 0
+    # operations routes are not CDS Hooks calls
+    assert sum(v for (name, _), v in table.items() if name == count) == 5
+
+
+def test_auth_failures_by_reason(tmp_path):
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'a.sqlite3'}",
+                      "TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks": jwks(KEY)}])})
+    client = app.test_client()
+    assert client.get("/cds-services").status_code == 401
+    token = mint(KEY, BASE + "/cds-services")
+    assert client.get("/cds-services", headers=bearer(token)).status_code == 200
+    assert client.get("/cds-services", headers=bearer(token)).status_code == 401      # replayed
+    table = samples(client)          # /metrics itself needs no token
+    assert value(table, "msk_cds_auth_failures_total", reason="missing_token") == 1
+    assert value(table, "msk_cds_auth_failures_total", reason="replayed_jti") == 1
+    # refused calls are timed too (the timer runs before authentication)
+    assert value(table, "msk_cds_request_duration_seconds_count",
+                 service="discovery", endpoint="discovery", status="401") == 2
+
+
+def test_metrics_can_be_switched_off(tmp_path):
+    app = create_app({"AUTH_DISABLED": True, "METRICS_ENABLED": "false",
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'off.sqlite3'}"})
+    client = app.test_client()
+    assert client.get("/cds-services").status_code == 200
+    assert client.get("/metrics").status_code in (401, 404)
+    assert metrics.EXTENSION_KEY not in app.extensions
+
+
+def test_free_text_labels_are_bounded(open_app):
+    with open_app.app_context():
+        metrics.count_auth_failure("Bearer eyJhbGciOi...")          # not a reason word: never a label
+        metrics.observe_fhir_fetch("Patient/123", 0.01, error="timeout")
+        metrics.count_cards(SERVICE, [{"indicator": "hard-stop"}, {"indicator": "info"}, "not-a-card"])
+    table = samples(open_app.test_client())
+    assert value(table, "msk_cds_auth_failures_total", reason="other") == 1
+    assert value(table, "msk_cds_fhir_fetch_errors_total", resource="other", kind="timeout") == 1
+    assert value(table, "msk_cds_cards_returned_total", service=SERVICE, indicator="other") == 2
+    assert value(table, "msk_cds_cards_returned_total", service=SERVICE, indicator="info") == 1
+
+
+def test_calls_outside_an_app_are_harmless():
+    metrics.observe_request(SERVICE, "service", 200, 0.1)
+    metrics.count_feedback(SERVICE, "accepted")
+    with Flask("bare").app_context():                              # an app without metrics attached
+        metrics.count_prefetch(SERVICE, provided=1)
