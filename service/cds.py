@@ -57,12 +57,14 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def invoke(service_id: str) -> Response:
     definition = _definition(service_id)
-    logs.annotate(service=definition.id, hook=definition.hook)
+    # g.cds_* fields are what service.logs writes on the request line (PHI-free counts and ids).
+    g.cds_service_id = definition.id
     body = json_body()
     call = validate_call(body, definition.hook)
-    logs.annotate(hook_instance=call.hook_instance)
+    g.cds_hook_instance = call.hook_instance
     resolved = prefetch.resolve(definition, call)
-    logs.annotate(fetched_keys=resolved.fetched, unavailable_keys=len(resolved.unavailable))
+    g.cds_prefetch = {"provided": resolved.provided, "fetched": resolved.fetched,
+                      "unavailable": len(resolved.unavailable)}
     record = PatientRecord.from_prefetch(resolved.data, call.context.get("draftOrders"), resolved.unavailable)
     request = HookRequest(
         service_id=definition.id,
@@ -79,17 +81,18 @@ def invoke(service_id: str) -> Response:
     payload: dict[str, Any] = {"cards": cards}
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)
-    logs.annotate(cards=len(cards), system_actions=len(payload.get("systemActions", ())))
+    g.cds_card_count = len(cards)
+    logs.annotate(system_actions=len(result.system_actions))
     return json_response(payload)
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     definition = _definition(service_id)
-    logs.annotate(service=definition.id)
+    g.cds_service_id = definition.id
     items = validate_feedback(json_body())
-    # g.jwt_iss is set by service.auth when the call carried a verified JWT.
-    stored = get_storage().save_feedback(definition.id, items, issuer=g.get("jwt_iss"))
+    # g.auth_issuer is set by service.auth when the call carried a verified JWT.
+    stored = get_storage().save_feedback(definition.id, items, issuer=g.get("auth_issuer"))
     logs.annotate(stored=stored)
     for item in items:
         metrics.count_feedback(definition.id, item["outcome"])
