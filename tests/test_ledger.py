@@ -153,3 +153,35 @@ def test_ledger_failure_still_returns_the_cards(app, caplog):
     assert [c["uuid"] for c in shown] == ["b1"]
     assert "card_ledger_unavailable" in caplog.text
     assert "p1" not in caplog.text
+
+
+def test_order_sign_over_http_does_not_repeat_order_select_cards(tmp_path):
+    """The fixture scenarios with both order hooks, through one app: order-sign repeats none of order-select's
+    cards (same draft order, same patient), while a fresh database shows them at order-sign."""
+    import json
+    from pathlib import Path
+
+    requests_dir = Path(__file__).resolve().parent.parent / "fixtures" / "requests"
+    pairs = [(p, p.with_name(p.name.replace("__order-select", "__order-sign")))
+             for p in sorted(requests_dir.glob("*__order-select.json"))]
+    pairs = [(s, t) for s, t in pairs if t.exists()]
+    if not pairs:
+        pytest.skip("no order-select/order-sign fixture pairs built yet")
+    checked = 0
+    for select_path, sign_path in pairs:
+        select_body = json.loads(select_path.read_text(encoding="utf-8"))
+        sign_body = json.loads(sign_path.read_text(encoding="utf-8"))
+        settings = {"AUTH_DISABLED": True, "FIXED_NOW": "2026-11-20T09:00:00Z"}
+        shared = create_app({**settings, "DATABASE_URL": f"sqlite:///{tmp_path / (select_path.stem + '.db')}"})
+        fresh = create_app({**settings, "DATABASE_URL": f"sqlite:///{tmp_path / (sign_path.stem + '.db')}"})
+        client = shared.test_client()
+        selected = client.post("/cds-services/msk-imaging-order-select", json=select_body).get_json()["cards"]
+        signed = client.post("/cds-services/msk-imaging-order-sign", json=sign_body).get_json()["cards"]
+        alone = fresh.test_client().post("/cds-services/msk-imaging-order-sign", json=sign_body).get_json()["cards"]
+        key = lambda c: c.get("extension", {}).get(ledger.DEDUPE_EXTENSION)   # noqa: E731
+        shown_keys = {key(c) for c in selected if key(c)}
+        assert not shown_keys & {key(c) for c in signed}, select_path.name
+        assert {key(c) for c in alone} - {key(c) for c in signed} == shown_keys & {key(c) for c in alone}
+        checked += len(shown_keys & {key(c) for c in alone})
+    if not checked:
+        pytest.skip("the order hooks return no card shown at both order-select and order-sign yet")
