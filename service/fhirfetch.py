@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
@@ -42,7 +42,6 @@ class FhirClient:
     deadline: float                      # time.monotonic() value after which nothing is read
     max_pages: int
     max_response_bytes: int
-    session: requests.Session = field(default_factory=requests.Session, compare=False)
 
     def __repr__(self) -> str:
         return f"FhirClient(base_url={self.base_url!r})"
@@ -54,7 +53,7 @@ class FhirClient:
         a, b = urlsplit(self.base_url), urlsplit(url)
         return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
-    def get_json(self, url: str) -> Mapping[str, Any]:
+    def get_json(self, session: requests.Session, url: str) -> Mapping[str, Any]:
         remaining = self.remaining()
         if remaining <= 0:
             raise FetchFailed("timeout")
@@ -62,7 +61,7 @@ class FhirClient:
         if self.access_token and self.same_origin(url):
             headers["Authorization"] = f"Bearer {self.access_token}"
         try:
-            with self.session.get(url, headers=headers, timeout=(remaining, remaining), stream=True,
+            with session.get(url, headers=headers, timeout=(remaining, remaining), stream=True,
                                   allow_redirects=False) as response:
                 status = response.status_code
                 body = self._read(response)
@@ -96,7 +95,8 @@ class FhirClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def read_all_pages(self, first: Mapping[str, Any], pages_read: int) -> tuple[Mapping[str, Any], int]:
+    def read_all_pages(self, session: requests.Session, first: Mapping[str, Any],
+                       pages_read: int) -> tuple[Mapping[str, Any], int]:
         """Follow `next` links of a searchset Bundle (same origin only) and merge the entries into one Bundle."""
         bundle = first
         if bundle.get("resourceType") != "Bundle":
@@ -110,7 +110,7 @@ class FhirClient:
             next_url = urljoin(self.base_url + "/", next_url)
             if not self.same_origin(next_url):
                 break
-            current = self.get_json(next_url)
+            current = self.get_json(session, next_url)
             pages_read += 1
             if current.get("resourceType") != "Bundle":
                 raise FetchFailed("not_fhir")
@@ -124,8 +124,10 @@ class FhirClient:
         start = time.monotonic()
         result = FetchResult(key, resource_type=resource_type_of(relative_url))
         try:
-            first = self.get_json(f"{self.base_url}/{relative_url.lstrip('/')}")
-            result.resource, result.pages = self.read_all_pages(first, 1)
+            # One session per job (connection reuse across pages); sessions are not shared between threads.
+            with requests.Session() as session:
+                first = self.get_json(session, f"{self.base_url}/{relative_url.lstrip('/')}")
+                result.resource, result.pages = self.read_all_pages(session, first, 1)
         except FetchFailed as failure:
             result.error = failure.kind
         result.seconds = time.monotonic() - start
@@ -136,7 +138,8 @@ class FhirClient:
         start = time.monotonic()
         result = FetchResult(key, resource_type="Bundle")
         try:
-            result.resource, result.pages = self.read_all_pages(bundle, 1)
+            with requests.Session() as session:
+                result.resource, result.pages = self.read_all_pages(session, bundle, 1)
         except FetchFailed as failure:
             result.error = failure.kind
         result.seconds = time.monotonic() - start
