@@ -44,8 +44,17 @@ def _ensure_multiprocess_values() -> None:
 
 
 def multiprocess_dir() -> str | None:
+    """The shared sample directory when multiprocess mode is asked for. prometheus_client writes there as soon as
+    the variable is set, so a missing directory is created; if it cannot be, this process counts on its own."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    return path if path and os.path.isdir(path) else None
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        values.ValueClass = values.MutexValue
+        return None
+    return path
 
 
 @dataclass

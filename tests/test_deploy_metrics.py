@@ -104,3 +104,26 @@ def test_calls_outside_an_app_are_harmless():
     metrics.count_feedback(SERVICE, "accepted")
     with Flask("bare").app_context():                              # an app without metrics attached
         metrics.count_prefetch(SERVICE, provided=1)
+
+
+def test_multiprocess_directory_is_created_when_missing(tmp_path):
+    """The image sets PROMETHEUS_MULTIPROC_DIR; a process started without gunicorn (the dev server, a one-off
+    command) must still count, not fail on a directory nobody made."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "not-yet" / "metrics"
+    probe = (
+        "from service import create_app\n"
+        f"app = create_app({{'AUTH_DISABLED': True, 'DATABASE_URL': 'sqlite:///{tmp_path / 'p.sqlite3'}'}})\n"
+        "c = app.test_client()\n"
+        "assert c.get('/cds-services').status_code == 200\n"
+        "text = c.get('/metrics').get_data(as_text=True)\n"
+        "assert 'msk_cds_request_duration_seconds_count{endpoint=\"discovery\",service=\"discovery\",status=\"200\"} 1.0' in text, text\n"
+    )
+    import os
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(target)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(target.glob("histogram_*.db"))
