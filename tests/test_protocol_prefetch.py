@@ -315,3 +315,45 @@ def test_only_root_primitive_context_fields_are_tokens():
 def test_token_values_are_percent_encoded():
     assert render("Observation?code={{context.code}}", {"context.code": "a&patient=other"}) == \
         "Observation?code=a%26patient%3Dother"
+
+
+def test_real_socket_server_dripping_bytes_cannot_hang_the_request(app_factory, cds_request):
+    """A real HTTP server (no mock) that sends headers, then one byte at a time: the per-call timeout alone would
+    never fire, the overall deadline does."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.is_set():
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                stop.wait(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        app = app_factory(FHIR_FETCH_DEADLINE_SECONDS=0.5)
+        prefetch = complete_prefetch()
+        del prefetch["patient"]
+        base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+        started = time.monotonic()
+        response = app.test_client().post(PV, json=cds_request("patient-view", prefetch=prefetch, fhir_server=base))
+        assert response.status_code == 412
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
