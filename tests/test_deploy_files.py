@@ -168,6 +168,10 @@ def test_compose_settings_are_known_and_database_points_at_postgres():
     pg = services["postgres"]["environment"]
     assert f"@postgres:5432/{pg['POSTGRES_DB']}" in database_url and f"//{pg['POSTGRES_USER']}:" in database_url
     assert services["fhir"]["profiles"] == ["fhir"] and services["fhir-loader"]["profiles"] == ["fhir"]
+    # the mounted issuers file is one the service accepts
+    mount = next(v for v in services["cds"]["volumes"] if v.split(":")[1] == environment["TRUSTED_ISSUERS_FILE"])
+    source = DEPLOY / mount.split(":")[0]
+    assert parse_trusted_issuers(json.loads(source.read_text(encoding="utf-8")), str(source))
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
