@@ -60,7 +60,7 @@ as_owner() {
 }
 
 start() {
-  local bindir port dir
+  local bindir port dir base
   bindir="$(find_bindir || true)"
   if [ -z "$bindir" ]; then
     install_postgres
@@ -72,7 +72,9 @@ start() {
   else
     OWNER="$(id -un)"
   fi
-  dir="$(mktemp -d "${TMPDIR:-/tmp}/msk-pg.XXXXXX")"
+  # As root the cluster owner is another user, who must be able to reach the directory: use /tmp itself.
+  if [ "$(id -u)" -eq 0 ]; then base=/tmp; else base="${TMPDIR:-/tmp}"; fi
+  dir="$(mktemp -d "$base/msk-pg.XXXXXX")"
   chmod 0755 "$dir"
   mkdir -p "$dir/data" "$dir/socket"
   if [ "$(id -u)" -eq 0 ]; then chown -R "$OWNER" "$dir"; fi
