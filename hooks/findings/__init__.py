@@ -1,0 +1,50 @@
+"""Findings extraction: a patient's DiagnosticReports and Conditions -> normalized findings (hooks.model.Finding)
+plus the facts of each imaging report. Codes first, report text second; every finding carries its evidence."""
+from __future__ import annotations
+
+from hooks.findings.catalogue import Concept, ConceptCatalogue, concept_catalogue
+from hooks.findings.coded import findings_from_condition
+from hooks.findings.nlp import findings_from_text
+from hooks.findings.report import findings_from_report
+from hooks.model import Finding, FindingSet, ReportFacts
+from hooks.record import PatientRecord
+
+__all__ = [
+    "Concept",
+    "ConceptCatalogue",
+    "concept_catalogue",
+    "extract_findings",
+    "findings_from_condition",
+    "findings_from_report",
+    "findings_from_text",
+    "warm_up",
+]
+
+WARM_UP_REPORT = (
+    "MRI of the sacroiliac joints with T1 and STIR sequences. Mild synovitis of the left SI joint with "
+    "subchondral bone marrow oedema extending 12 mm into the ilium. No erosions, sclerosis or ankylosis. "
+    "Cannot exclude early fat metaplasia. Red marrow reconversion in the pelvis."
+)
+
+
+def extract_findings(record: PatientRecord) -> FindingSet:
+    """All findings of a record: each DiagnosticReport (coded, then text) and each Condition."""
+    findings: list[Finding] = []
+    reports: list[ReportFacts] = []
+    for report in record.diagnostic_reports:
+        report_findings, facts = findings_from_report(report)
+        findings.extend(report_findings)
+        reports.append(facts)
+    for condition in record.conditions:
+        findings.extend(findings_from_condition(condition))
+    return FindingSet(findings=tuple(findings), reports=tuple(reports))
+
+
+def warm_up() -> None:
+    """Load and compile the catalogue, build the NLP pipeline and run it once (raises if the knowledge is bad)."""
+    from hooks.findings.nlp import TEXT_CACHE, pipeline
+
+    concept_catalogue()
+    pipeline()
+    findings_from_text(WARM_UP_REPORT, "DiagnosticReport/warm-up")
+    TEXT_CACHE.clear()

@@ -1,0 +1,320 @@
+"""Typed finding catalogue: concepts.yaml, findings_nlp.yaml and context_rules.yaml, validated and compiled once."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model
+
+CONCEPTS_FILE = "concepts.yaml"
+NLP_FILE = "findings_nlp.yaml"
+CONTEXT_FILE = "context_rules.yaml"
+
+SITE_IDS = frozenset({"si_joint", "hip", "femoral_head", "labrum", "vertebra", "foot", "pelvis", "knee", "ilium", "sacrum"})
+LATERALITIES = ("left", "right", "bilateral", "unilateral")
+SEVERITIES = ("mild", "moderate", "severe")
+
+
+class CodeQualifier(StrictModel):
+    laterality: Literal["left", "right", "bilateral", "unilateral"] | None = None
+    site: str | None = None
+
+    @field_validator("site")
+    @classmethod
+    def _known_site(cls, value: str | None) -> str | None:
+        if value is not None and value not in SITE_IDS:
+            raise ValueError(f"unknown site {value!r}")
+        return value
+
+
+class Phrasing(StrictModel):
+    pattern: str
+    certainty: Literal["affirmed", "negated", "uncertain"] | None = None   # the phrase itself decides
+    also: tuple[str, ...] = ()                                             # further concepts the phrase names
+
+
+class Concept(StrictModel):
+    id: str
+    display: str
+    source: str
+    physiological: bool = False
+    default_site: str | None = None
+    implies: tuple[str, ...] = ()            # an affirmed/uncertain mention also asserts these (deep BME -> BME)
+    codes: tuple[Coding, ...] = ()
+    related_codes: tuple[Coding, ...] = ()
+    code_qualifiers: dict[str, CodeQualifier] = {}
+    phrasings: tuple[Phrasing | str, ...]
+
+    @field_validator("id")
+    @classmethod
+    def _snake_case(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+            raise ValueError("concept id must be snake_case")
+        return value
+
+    @field_validator("default_site")
+    @classmethod
+    def _known_site(cls, value: str | None) -> str | None:
+        if value is not None and value not in SITE_IDS:
+            raise ValueError(f"unknown site {value!r}")
+        return value
+
+    @property
+    def phrasing_rules(self) -> tuple[Phrasing, ...]:
+        return tuple(p if isinstance(p, Phrasing) else Phrasing(pattern=p) for p in self.phrasings)
+
+
+class ConceptCatalogue(StrictModel):
+    """Concept id -> codes, display, phrasings and flags. Codes identify one concept only."""
+
+    local_system: str
+    concepts: tuple[Concept, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ConceptCatalogue":
+        ids = [c.id for c in self.concepts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate concept id")
+        known = set(ids)
+        owner: dict[tuple[str, str], str] = {}
+        for concept in self.concepts:
+            for ref in (*concept.implies, *(a for p in concept.phrasing_rules for a in p.also)):
+                if ref not in known:
+                    raise ValueError(f"{concept.id}: refers to unknown concept {ref!r}")
+            for coding in concept.codes:
+                key = (coding.system, coding.code)
+                if key in owner:
+                    raise ValueError(f"{concept.id}: code {coding.code} already identifies {owner[key]}")
+                owner[key] = concept.id
+            codes = {c.code for c in concept.codes}
+            for code in concept.code_qualifiers:
+                if code not in codes:
+                    raise ValueError(f"{concept.id}: code_qualifiers names {code} which is not in its codes")
+        return self
+
+    def __getitem__(self, concept_id: str) -> Concept:
+        return self.by_id()[concept_id]
+
+    def __contains__(self, concept_id: object) -> bool:
+        return concept_id in self.by_id()
+
+    def by_id(self) -> dict[str, Concept]:
+        return {c.id: c for c in self.concepts}
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(c.id for c in self.concepts)
+
+    def physiological(self) -> frozenset[str]:
+        """Concepts the pathways must suppress (normal variants)."""
+        return frozenset(c.id for c in self.concepts if c.physiological)
+
+
+class ValuedPattern(StrictModel):
+    value: str
+    pattern: str
+
+
+class MeasurementRule(StrictModel):
+    name: str
+    pattern: str
+    applies_to: tuple[str, ...]
+    units: dict[str, float] = {}
+
+
+class DeepBme(StrictModel):
+    threshold_mm: float
+    inclusive: bool
+    source: str
+    applies_to: tuple[str, ...]
+    adds: str
+    phrasings: str
+
+
+class ReportCode(StrictModel):
+    loinc: str
+    display: str
+    modality: str | None = None
+    region: str | None = None
+    laterality: str | None = None
+
+
+class ModalityTerm(StrictModel):
+    modality: str
+    pattern: str
+
+
+class RegionTerm(StrictModel):
+    region: str
+    pattern: str
+
+
+class Sequences(StrictModel):
+    t1: str
+    fluid_sensitive: str
+
+
+class Limits(StrictModel):
+    max_chars: int
+    max_sentences: int
+    max_evidence_chars: int
+
+
+class NlpRules(StrictModel):
+    macros: dict[str, str]
+    decoys: tuple[str, ...]
+    laterality: tuple[ValuedPattern, ...]
+    severity: tuple[ValuedPattern, ...]
+    sites: tuple[ValuedPattern, ...]
+    clause_breaks: str
+    measurements: tuple[MeasurementRule, ...]
+    deep_bme: DeepBme
+    report_codes: tuple[ReportCode, ...]
+    category_codes: dict[str, str]
+    modality_terms: tuple[ModalityTerm, ...]
+    region_terms: tuple[RegionTerm, ...]
+    sequences: Sequences
+    limits: Limits
+
+    @model_validator(mode="after")
+    def _values(self) -> "NlpRules":
+        for item in self.laterality:
+            if item.value not in LATERALITIES:
+                raise ValueError(f"laterality value {item.value!r} is not one of {LATERALITIES}")
+        for item in self.severity:
+            if item.value not in SEVERITIES:
+                raise ValueError(f"severity value {item.value!r} is not one of {SEVERITIES}")
+        for item in self.sites:
+            if item.value not in SITE_IDS:
+                raise ValueError(f"site value {item.value!r} is not a known site id")
+        return self
+
+
+class ContextRuleGroup(StrictModel):
+    category: Literal["NEGATED_EXISTENCE", "RESOLVED", "POSSIBLE_EXISTENCE", "HISTORICAL", "HYPOTHETICAL",
+                      "PSEUDO", "TERMINATE"]
+    direction: Literal["FORWARD", "BACKWARD", "BIDIRECTIONAL", "PSEUDO", "TERMINATE"]
+    max_scope: int | None = None
+    literals: tuple[str, ...]
+
+
+class ContextRules(StrictModel):
+    source: str
+    rules: tuple[ContextRuleGroup, ...]
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ContextRules":
+        seen: set[str] = set()
+        for group in self.rules:
+            for literal in group.literals:
+                key = literal.lower()
+                if key in seen:
+                    raise ValueError(f"ConText literal {literal!r} appears twice")
+                seen.add(key)
+        return self
+
+
+def expand(pattern: str, macros: dict[str, str], file: str, place: str) -> re.Pattern[str]:
+    """Compile a data pattern: expand {macro}s, match case-insensitively on word boundaries."""
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in macros:
+            raise KnowledgeError(file, place, f"unknown macro {{{name}}}")
+        return macros[name]
+
+    text = re.sub(r"\{([a-z_]+)\}", sub, pattern)
+    try:
+        return re.compile(rf"(?<![\w]){text}(?![\w])", re.IGNORECASE)
+    except re.error as exc:
+        raise KnowledgeError(file, place, f"invalid pattern: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CompiledPhrasing:
+    concept: str
+    regex: re.Pattern[str]
+    certainty: str | None
+    also: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """Everything the extractor needs, compiled once per process."""
+
+    catalogue: ConceptCatalogue
+    nlp: NlpRules
+    context: ContextRules
+    phrasings: tuple[CompiledPhrasing, ...]
+    decoys: tuple[re.Pattern[str], ...]
+    laterality: tuple[tuple[str, re.Pattern[str]], ...]
+    severity: tuple[tuple[str, re.Pattern[str]], ...]
+    sites: tuple[tuple[str, re.Pattern[str]], ...]
+    clause_breaks: re.Pattern[str]
+    measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
+    deep_phrase: re.Pattern[str]
+    modality_terms: tuple[tuple[str, re.Pattern[str]], ...]
+    region_terms: tuple[tuple[str, re.Pattern[str]], ...]
+    t1: re.Pattern[str]
+    fluid_sensitive: re.Pattern[str]
+    code_index: dict[tuple[str, str], str]        # (system, code) -> concept id
+    report_codes: dict[str, ReportCode]
+
+
+def concept_catalogue() -> ConceptCatalogue:
+    """The typed concept catalogue (concept id -> codes, display, phrasings, physiological flag)."""
+    return compiled().catalogue
+
+
+@lru_cache(maxsize=1)
+def compiled() -> Compiled:
+    catalogue = load_model(CONCEPTS_FILE, ConceptCatalogue)
+    nlp = load_model(NLP_FILE, NlpRules)
+    context = load_model(CONTEXT_FILE, ContextRules)
+    macros = nlp.macros
+    phrasings = []
+    for i, concept in enumerate(catalogue.concepts):
+        for j, rule in enumerate(concept.phrasing_rules):
+            regex = expand(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}")
+            phrasings.append(CompiledPhrasing(concept.id, regex, rule.certainty, rule.also))
+    known = catalogue.ids()
+    for k, rule in enumerate(nlp.measurements):
+        for concept_id in rule.applies_to:
+            if concept_id not in known:
+                raise KnowledgeError(NLP_FILE, f"measurements.{k}.applies_to", f"unknown concept {concept_id!r}")
+    for concept_id in (*nlp.deep_bme.applies_to, nlp.deep_bme.adds):
+        if concept_id not in known:
+            raise KnowledgeError(NLP_FILE, "deep_bme", f"unknown concept {concept_id!r}")
+
+    def valued(items: tuple, section: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        return tuple(
+            (getattr(item, "value", None) or getattr(item, "modality", None) or item.region,
+             expand(item.pattern, macros, NLP_FILE, f"{section}.{n}"))
+            for n, item in enumerate(items)
+        )
+
+    code_index = {(c.system, c.code): concept.id for concept in catalogue.concepts for c in concept.codes}
+    return Compiled(
+        catalogue=catalogue,
+        nlp=nlp,
+        context=context,
+        phrasings=tuple(phrasings),
+        decoys=tuple(expand(p, macros, NLP_FILE, f"decoys.{n}") for n, p in enumerate(nlp.decoys)),
+        laterality=valued(nlp.laterality, "laterality"),
+        severity=valued(nlp.severity, "severity"),
+        sites=valued(nlp.sites, "sites"),
+        clause_breaks=re.compile(nlp.clause_breaks, re.IGNORECASE),
+        measurements=tuple(
+            (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))
+            for n, rule in enumerate(nlp.measurements)
+        ),
+        deep_phrase=expand(nlp.deep_bme.phrasings, macros, NLP_FILE, "deep_bme.phrasings"),
+        modality_terms=valued(nlp.modality_terms, "modality_terms"),
+        region_terms=valued(nlp.region_terms, "region_terms"),
+        t1=expand(nlp.sequences.t1, macros, NLP_FILE, "sequences.t1"),
+        fluid_sensitive=expand(nlp.sequences.fluid_sensitive, macros, NLP_FILE, "sequences.fluid_sensitive"),
+        code_index=code_index,
+        report_codes={r.loinc: r for r in nlp.report_codes},
+    )

@@ -1,0 +1,81 @@
+"""Findings from coded data: Condition.code (with clinical and verification status) and
+DiagnosticReport.conclusionCode, mapped to concepts through the catalogue's codes."""
+from __future__ import annotations
+
+from typing import Any
+
+from hooks.findings.catalogue import compiled
+from hooks.fhirutil import reference_of
+from hooks.model import Evidence, Finding
+
+# Condition.verificationStatus -> certainty; None = drop the condition (entered in error).
+VERIFICATION = {
+    "confirmed": "affirmed",
+    "unconfirmed": "uncertain",
+    "provisional": "uncertain",
+    "differential": "uncertain",
+    "refuted": "negated",
+    "entered-in-error": None,
+}
+# Condition.clinicalStatus values that make a finding historical (not current).
+PAST_STATUSES = frozenset({"inactive", "remission", "resolved"})
+
+
+def _status_code(concept: Any) -> str | None:
+    for coding in getattr(concept, "coding", None) or ():
+        if getattr(coding, "code", None):
+            return str(coding.code)
+    return None
+
+
+def coded_findings(concept: Any, reference: str, element: str, certainty: str = "affirmed",
+                   historical: bool = False) -> list[Finding]:
+    """Findings named by one CodeableConcept: one per concept, qualifiers (laterality, site) from its codes."""
+    rules = compiled()
+    catalogue = rules.catalogue.by_id()
+    found: dict[str, Finding] = {}
+    for coding in getattr(concept, "coding", None) or ():
+        system, code = getattr(coding, "system", None), getattr(coding, "code", None)
+        concept_id = rules.code_index.get((system, code)) if system and code else None
+        if concept_id is None:
+            continue
+        entry = catalogue[concept_id]
+        qualifier = entry.code_qualifiers.get(code)
+        laterality = qualifier.laterality if qualifier else None
+        site = (qualifier.site if qualifier else None) or entry.default_site
+        previous = found.get(concept_id)
+        if previous is not None:
+            laterality = previous.laterality or laterality
+            site = previous.site if previous.site != entry.default_site else site
+        display = getattr(coding, "display", None) or getattr(concept, "text", None) or entry.display
+        found[concept_id] = Finding(
+            concept=concept_id,
+            certainty=certainty,
+            historical=historical,
+            laterality=laterality,
+            site=site,
+            source=Evidence(reference=reference, kind="coded", text=display, code=f"{system}|{code}",
+                            element=element),
+        ) if previous is None else Finding(
+            concept=concept_id, certainty=certainty, historical=historical, laterality=laterality, site=site,
+            source=previous.source,
+        )
+    return list(found.values())
+
+
+def findings_from_condition(condition: Any) -> tuple[Finding, ...]:
+    """A Condition as findings: refuted -> negated, unconfirmed/provisional/differential -> uncertain,
+    resolved/inactive/remission -> historical, entered-in-error -> nothing."""
+    verification = _status_code(getattr(condition, "verificationStatus", None))
+    if verification is None:
+        certainty = "affirmed"
+    elif verification in VERIFICATION:
+        certainty = VERIFICATION[verification]
+        if certainty is None:
+            return ()
+    else:
+        certainty = "affirmed"
+    clinical = _status_code(getattr(condition, "clinicalStatus", None))
+    historical = clinical in PAST_STATUSES and certainty != "negated"
+    return tuple(coded_findings(getattr(condition, "code", None), reference_of(condition), "Condition.code",
+                                certainty, historical))

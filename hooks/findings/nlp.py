@@ -1,0 +1,340 @@
+"""Report-text NLP: finding phrasings (from the catalogue) found in a blank spaCy pipeline, medspaCy ConText for
+negation, uncertainty, history and hypotheticals, then laterality, severity, site and measurements from the same
+sentence. All phrasings and modifiers are data (hooks/knowledge); this module holds only the engine."""
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, Iterable
+
+from hooks.findings.catalogue import Compiled, compiled
+from hooks.model import Evidence, Finding
+
+LESS_THAN = frozenset({"<", "<=", "≤", "less than", "under"})
+NEGATING = frozenset({"NEGATED_EXISTENCE", "RESOLVED"})
+SEVERITY_AFTER_PENALTY = 12     # chars: "mild synovitis" is the usual order, "synovitis is mild" the rarer one
+MAX_GAP = {"laterality": 60, "severity": 30, "site": 60, "measurement": 60, "deep": 40}
+
+
+@dataclass(frozen=True)
+class _Target:
+    concept: str | None          # None for a decoy (claims the words, produces nothing)
+    start: int
+    end: int
+    certainty: str | None
+    also: tuple[str, ...]
+    order: int
+
+
+@dataclass(frozen=True)
+class _Mention:
+    kind: str
+    value: Any
+    start: int
+    end: int
+    extra: Any = None
+
+
+class _Pipeline:
+    """A blank English spaCy pipeline with a sentencizer and a ConText component built from our rules."""
+
+    def __init__(self, rules: Compiled) -> None:
+        import spacy
+        from medspacy.context import ConText, ConTextRule
+
+        self.nlp = spacy.blank("en")
+        self.sentencizer = self.nlp.add_pipe("sentencizer")
+        self.context = ConText(self.nlp, rules=None, span_attrs=None)
+        for group in rules.context.rules:
+            self.context.add([
+                ConTextRule(literal, group.category, direction=group.direction, max_scope=group.max_scope)
+                for literal in group.literals
+            ])
+        # ConText/spaCy objects are not documented as thread-safe; gunicorn threads share this pipeline.
+        self.lock = threading.Lock()
+
+    def doc(self, text: str, targets: list[_Target]) -> Any:
+        doc = self.nlp.make_doc(text)
+        doc = self.sentencizer(doc)
+        for i, token in enumerate(doc[:-1]):
+            if "\n" in token.text or "\n" in token.whitespace_:
+                doc[i + 1].is_sent_start = True
+        spans = []
+        last_token = -1
+        for target in targets:
+            if target.concept is None:
+                continue
+            span = doc.char_span(target.start, target.end, label=target.concept, alignment_mode="expand")
+            if span is None or span.start <= last_token:
+                continue
+            spans.append(span)
+            last_token = span.end - 1
+        doc.ents = spans
+        return self.context(doc)
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> _Pipeline:
+    return _Pipeline(compiled())
+
+
+def _find_targets(text: str, rules: Compiled) -> list[_Target]:
+    """Phrasing and decoy matches, overlaps resolved longest first (a decoy or a longer phrase wins)."""
+    candidates: list[_Target] = []
+    order = 0
+    for regex in rules.decoys:
+        for m in regex.finditer(text):
+            candidates.append(_Target(None, m.start(), m.end(), None, (), order))
+        order += 1
+    for phrasing in rules.phrasings:
+        for m in phrasing.regex.finditer(text):
+            if m.end() > m.start():
+                candidates.append(_Target(phrasing.concept, m.start(), m.end(), phrasing.certainty, phrasing.also, order))
+        order += 1
+    candidates.sort(key=lambda t: (-(t.end - t.start), t.order, t.start))
+    taken: list[_Target] = []
+    for cand in candidates:
+        if all(cand.end <= t.start or cand.start >= t.end for t in taken):
+            taken.append(cand)
+    taken.sort(key=lambda t: t.start)
+    return taken
+
+
+def _mentions(kind: str, lexicon: Iterable[tuple[str, re.Pattern[str]]], text: str) -> list[_Mention]:
+    found: list[_Mention] = []
+    for value, regex in lexicon:
+        for m in regex.finditer(text):
+            found.append(_Mention(kind, value, m.start(), m.end()))
+    found.sort(key=lambda x: (-(x.end - x.start), x.start))
+    kept: list[_Mention] = []
+    for cand in found:
+        if all(cand.end <= k.start or cand.start >= k.end for k in kept):
+            kept.append(cand)
+    return kept
+
+
+def _gap(mention: _Mention, start: int, end: int) -> int:
+    if mention.end <= start:
+        return start - mention.end
+    if mention.start >= end:
+        return mention.start - end
+    return 0
+
+
+def _clause_of(position: int, breaks: list[int]) -> int:
+    return sum(1 for b in breaks if b <= position)
+
+
+def _assign(mentions: list[_Mention], targets: list[tuple[int, int, int, str]], breaks: list[int],
+            allowed: frozenset[str] | None = None) -> dict[int, _Mention]:
+    """Give each mention to the nearest target in its clause; each target keeps its nearest mention."""
+    best: dict[int, tuple[int, _Mention]] = {}
+    for mention in mentions:
+        clause = _clause_of(mention.start, breaks)
+        choice: tuple[int, int] | None = None
+        for index, start, end, concept in targets:
+            if allowed is not None and concept not in allowed:
+                continue
+            if _clause_of(start, breaks) != clause:
+                continue
+            cost = _gap(mention, start, end)
+            if mention.kind == "severity" and mention.start >= end:
+                cost += SEVERITY_AFTER_PENALTY
+            if cost > MAX_GAP[mention.kind]:
+                continue
+            if choice is None or cost < choice[0]:
+                choice = (cost, index)
+        if choice is not None:
+            cost, index = choice
+            if index not in best or cost < best[index][0]:
+                best[index] = (cost, mention)
+    return {index: mention for index, (_, mention) in best.items()}
+
+
+def _measure(text: str, rules: Compiled) -> list[_Mention]:
+    out: list[_Mention] = []
+    for rule, regex in rules.measurements:
+        for m in regex.finditer(text):
+            groups = m.groupdict()
+            raw = groups.get("value") or groups.get("value2")
+            if raw is None:
+                continue
+            value = float(raw)
+            unit = groups.get("unit")
+            if unit and rule.units:
+                value *= rule.units.get(unit.lower(), 1.0)
+            comparator = (groups.get("cmp") or "").strip().lower()
+            out.append(_Mention("measurement", value, m.start(), m.end(), (rule, comparator)))
+    return out
+
+
+def _is_deep(depth: float | None, comparator: str, rules: Compiled) -> bool:
+    if depth is None or comparator in LESS_THAN:
+        return False
+    threshold = rules.nlp.deep_bme
+    if comparator in {">", "greater than", "more than", "over"}:
+        return depth >= threshold.threshold_mm
+    return depth >= threshold.threshold_mm if threshold.inclusive else depth > threshold.threshold_mm
+
+
+def _clean(sentence: str, limit: int) -> str:
+    text = " ".join(sentence.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Compiled,
+                       targets: list[_Target]) -> list[Finding]:
+    catalogue = rules.catalogue.by_id()
+    text = sent.text
+    offset = sent.start_char
+    breaks = [m.start() for m in rules.clause_breaks.finditer(text)]
+    ents = [e for e in sent.ents]
+    if not ents:
+        return []
+    located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
+    lateralities = _mentions("laterality", rules.laterality, text)
+    severities = _mentions("severity", rules.severity, text)
+    sites = _mentions("site", rules.sites, text)
+    measures = _measure(text, rules)
+    deep_words = [_Mention("deep", True, m.start(), m.end()) for m in rules.deep_phrase.finditer(text)]
+
+    own_lat = _assign(lateralities, located, breaks)
+    own_sev = _assign(severities, located, breaks)
+    own_site = _assign(sites, located, breaks)
+    by_measure: dict[str, dict[int, _Mention]] = {}
+    for rule, _ in rules.measurements:
+        mentions = [m for m in measures if m.extra[0].name == rule.name]
+        by_measure[rule.name] = _assign(mentions, located, breaks, frozenset(rule.applies_to))
+    deep_applies = frozenset(rules.nlp.deep_bme.applies_to)
+    own_deep = _assign(deep_words, located, breaks, deep_applies)
+    lat_values = {m.value for m in lateralities}
+    site_values = {m.value for m in sites}
+    sentence_lat = next(iter(lat_values)) if len(lat_values) == 1 else None
+    sentence_site = next(iter(site_values)) if len(site_values) == 1 else None
+    evidence = Evidence(reference=reference, kind="text", text=_clean(text, rules.nlp.limits.max_evidence_chars),
+                        element=element)
+    target_info = {(t.start, t.end): t for t in targets}
+
+    out: list[Finding] = []
+    for index, ent in enumerate(ents):
+        target = target_info.get((ent.start_char, ent.end_char))
+        categories = {m.category for m in ent._.modifiers}
+        fixed = target.certainty if target is not None else None
+        if fixed is None:
+            for t in targets:      # the span may have been widened to whole tokens
+                if t.concept == ent.label_ and ent.start_char <= t.start < ent.end_char:
+                    fixed, target = t.certainty, t
+                    break
+        if fixed is None and "HYPOTHETICAL" in categories and not categories & NEGATING:
+            continue        # asked about, not found: not a finding
+        if fixed is not None:
+            certainty = fixed
+        elif categories & NEGATING:
+            certainty = "negated"
+        elif "POSSIBLE_EXISTENCE" in categories:
+            certainty = "uncertain"
+        else:
+            certainty = "affirmed"
+        historical = "HISTORICAL" in categories and certainty != "negated"
+        concept = catalogue[ent.label_]
+        laterality = own_lat[index].value if index in own_lat else sentence_lat
+        severity = own_sev[index].value if index in own_sev else None
+        site = own_site[index].value if index in own_site else (sentence_site or concept.default_site)
+        measurements: dict[str, float] = {}
+        depth: float | None = None
+        comparator = ""
+        for name, assigned in by_measure.items():
+            if index in assigned:
+                if name == "depth_mm":
+                    depth, comparator = assigned[index].value, assigned[index].extra[1]
+                    if comparator in LESS_THAN:
+                        depth = None        # "< 1 cm" says shallow, not how deep
+                else:
+                    measurements[name] = assigned[index].value
+        base = dict(certainty=certainty, source=evidence, historical=historical, laterality=laterality,
+                    severity=severity, site=site, depth_mm=depth, measurements=measurements)
+        concepts = [concept.id, *(target.also if target is not None else ())]
+        if certainty != "negated":
+            concepts.extend(concept.implies)
+            if concept.id in deep_applies and (index in own_deep or _is_deep(depth, comparator, rules)):
+                concepts.append(rules.nlp.deep_bme.adds)
+        for concept_id in dict.fromkeys(concepts):
+            _merge(out, Finding(concept=concept_id, **base))
+    return out
+
+
+def _merge(out: list[Finding], finding: Finding) -> None:
+    """One finding per concept and context in a sentence: a second mention only fills what the first lacked."""
+    for n, seen in enumerate(out):
+        if (seen.concept, seen.certainty, seen.historical) == (finding.concept, finding.certainty, finding.historical):
+            out[n] = replace(
+                seen,
+                laterality=seen.laterality or finding.laterality,
+                severity=seen.severity or finding.severity,
+                site=seen.site or finding.site,
+                depth_mm=seen.depth_mm if seen.depth_mm is not None else finding.depth_mm,
+                measurements={**finding.measurements, **seen.measurements},
+            )
+            return
+    out.append(finding)
+
+
+class _TextCache:
+    """Bounded LRU of extraction results keyed by (reference, element, text digest). Thread-safe."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: OrderedDict[tuple[str, str | None, bytes], tuple[Finding, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: tuple[str, str | None, bytes]) -> tuple[Finding, ...] | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, str | None, bytes], value: tuple[Finding, ...]) -> None:
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+TEXT_CACHE = _TextCache()
+
+
+def findings_from_text(text: str, reference: str, element: str | None = None) -> tuple[Finding, ...]:
+    """The findings one report text states (affirmed, negated or uncertain), each with its sentence as evidence."""
+    if not isinstance(text, str) or not text.strip():
+        return ()
+    rules = compiled()
+    limits = rules.nlp.limits
+    text = text[: limits.max_chars]
+    key = (reference, element, hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest())
+    cached = TEXT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    targets = _find_targets(text, rules)
+    if not any(t.concept for t in targets):
+        TEXT_CACHE.put(key, ())
+        return ()
+    pipe = pipeline()
+    with pipe.lock:
+        doc = pipe.doc(text, targets)
+        findings: list[Finding] = []
+        for n, sent in enumerate(doc.sents):
+            if n >= limits.max_sentences:
+                break
+            findings.extend(_sentence_findings(sent, reference, element, rules, targets))
+    result = tuple(findings)
+    TEXT_CACHE.put(key, result)
+    return result

@@ -1,0 +1,181 @@
+"""One DiagnosticReport -> its findings (coded conclusion first, then text) and its facts (modality, region,
+MRI sequences), cached by report content so the same report arriving again costs a dictionary lookup."""
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import orjson
+
+from hooks.findings.catalogue import compiled
+from hooks.findings.coded import coded_findings
+from hooks.findings.nlp import findings_from_text
+from hooks.fhirutil import codings, concept_text, reference_of
+from hooks.model import Finding, ReportFacts
+
+LOINC = "http://loinc.org"
+# Reports in these states say nothing about the patient.
+VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})
+
+
+def _attachment_text(attachment: Any, max_chars: int) -> str | None:
+    """The text of a text/plain attachment (any charset), or None for other types and undecodable data."""
+    content_type = getattr(attachment, "contentType", None)
+    if not isinstance(content_type, str):
+        return None
+    media, _, params = content_type.partition(";")
+    if media.strip().lower() != "text/plain":
+        return None
+    charset = "utf-8"
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"').lower()
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        charset = "utf-8"
+    data = getattr(attachment, "data", None)
+    if data is None:
+        return None
+    if isinstance(data, str):          # models normally hold decoded bytes; raw strings are decoded here
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    if not isinstance(data, (bytes, bytearray)):
+        return None
+    # Bound the bytes before decoding (4 bytes per char covers any UTF-8 text of max_chars characters).
+    return bytes(data[: max_chars * 4]).decode(charset, errors="replace")[:max_chars]
+
+
+def report_texts(report: Any) -> Iterator[tuple[str, str]]:
+    """(element, text) of the report's readable text: conclusion, then text/plain presentedForm attachments."""
+    max_chars = compiled().nlp.limits.max_chars
+    conclusion = getattr(report, "conclusion", None)
+    if isinstance(conclusion, str) and conclusion.strip():
+        yield "conclusion", conclusion[:max_chars]
+    for index, attachment in enumerate(getattr(report, "presentedForm", None) or ()):
+        text = _attachment_text(attachment, max_chars)
+        if text and text.strip():
+            yield f"presentedForm[{index}]", text
+
+
+def _first_match(patterns: Any, text: str) -> str | None:
+    for value, regex in patterns:
+        if regex.search(text):
+            return value
+    return None
+
+
+def report_facts(report: Any, texts: list[str]) -> ReportFacts:
+    """Modality and region (LOINC code, else category codes, else words) and which MRI sequences are mentioned."""
+    rules = compiled()
+    loinc = next((code for system, code in codings(getattr(report, "code", None)) if system == LOINC and code), None)
+    known = rules.report_codes.get(loinc) if loinc else None
+    modality = known.modality if known else None
+    region = known.region if known else None
+    if modality is None:
+        for _, code in codings([*(getattr(report, "category", None) or ()), getattr(report, "code", None)]):
+            if code and code.upper() in rules.nlp.category_codes:
+                modality = rules.nlp.category_codes[code.upper()]
+                break
+    title = " ".join(filter(None, (concept_text(getattr(report, "code", None)),
+                                   *(getattr(c, "display", None) for c in
+                                     getattr(getattr(report, "code", None), "coding", None) or ()))))
+    body = "\n".join(texts)
+    if modality is None:
+        modality = _first_match(rules.modality_terms, title) or _first_match(rules.modality_terms, body)
+    if region is None:
+        region = _first_match(rules.region_terms, title) or _first_match(rules.region_terms, body)
+    effective = getattr(report, "effectiveDateTime", None) or getattr(report, "issued", None)
+    return ReportFacts(
+        reference=reference_of(report),
+        modality=modality,
+        region=region,
+        loinc=loinc,
+        t1_sequence=bool(rules.t1.search(body)),
+        fluid_sensitive_sequence=bool(rules.fluid_sensitive.search(body)),
+        issued=effective.isoformat() if hasattr(effective, "isoformat") else (str(effective) if effective else None),
+    )
+
+
+def _extract(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
+    reference = reference_of(report)
+    texts = list(report_texts(report))
+    facts = report_facts(report, [text for _, text in texts])
+    if getattr(report, "status", None) in VOID_STATUSES:
+        return (), facts
+    findings: list[Finding] = []
+    for index, concept in enumerate(getattr(report, "conclusionCode", None) or ()):
+        findings.extend(coded_findings(concept, reference, f"conclusionCode[{index}]"))
+    for element, text in texts:
+        findings.extend(findings_from_text(text, reference, element))
+    return tuple(findings), facts
+
+
+class _ReportCache:
+    """Bounded LRU of (findings, facts) by report content digest. Thread-safe."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: OrderedDict[bytes, tuple[tuple[Finding, ...], ReportFacts]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: bytes) -> tuple[tuple[Finding, ...], ReportFacts] | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return value
+
+    def put(self, key: bytes, value: tuple[tuple[Finding, ...], ReportFacts]) -> None:
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+REPORT_CACHE = _ReportCache()
+
+
+def _content_key(report: Any) -> bytes | None:
+    """A digest of everything extraction reads (a changed report gets a new key, so nothing stale is served)."""
+    try:
+        payload = report.model_dump_json(
+            include={"id", "meta", "status", "code", "category", "conclusion", "conclusionCode", "presentedForm",
+                     "effectiveDateTime", "issued"},
+            exclude_none=True,
+        )
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return hashlib.blake2b(payload.encode("utf-8") if isinstance(payload, str) else orjson.dumps(payload),
+                           digest_size=16).digest()
+
+
+def findings_from_report(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
+    """The findings of one DiagnosticReport (coded conclusion, then text) and its ReportFacts."""
+    key = _content_key(report)
+    if key is not None:
+        cached = REPORT_CACHE.get(key)
+        if cached is not None:
+            return cached
+    result = _extract(report)
+    if key is not None:
+        REPORT_CACHE.put(key, result)
+    return result
