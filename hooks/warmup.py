@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from hooks.findings import warm_up as findings_warm_up
 from hooks.knowledge import knowledge_version
 from hooks.registry import registered_services
 
@@ -30,3 +31,4 @@ def warm_up() -> None:
     knowledge_version()
     for sample in SAMPLES:
         get_fhir_model_class(sample["resourceType"]).model_validate(sample)
+    findings_warm_up()
