@@ -267,9 +267,8 @@ class KeyStore:
         self.fetch_count = 0
 
     def key_for(self, issuer: TrustedIssuer, kid: str, jku: str | None) -> PublicKey:
-        """The key named by kid: from the (allowlisted) jku, else the inline set, else the issuer's jwks_url."""
-        if jku is not None:
-            return self._from_url(jku, kid)
+        """The key named by kid: the issuer's inline set first (a copy exchanged out-of-band, e.g. of the
+        sandbox's offline-unreachable jku), else the (allowlisted) jku, else the issuer's jwks_url."""
         if issuer.jwks is not None:
             with self._guard:
                 inline = self._inline.get(issuer.iss)
@@ -277,6 +276,8 @@ class KeyStore:
                     inline = self._inline[issuer.iss] = keys_by_kid(issuer.jwks)
             if kid in inline:
                 return inline[kid]
+        if jku is not None:
+            return self._from_url(jku, kid)
         if issuer.jwks_url is not None:
             return self._from_url(issuer.jwks_url, kid)
         raise AuthError("unknown_kid")

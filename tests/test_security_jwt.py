@@ -294,6 +294,7 @@ def test_sandbox_trust_file_loads():
     path = Path(__file__).parents[1] / "deploy" / "trusted-issuers.sandbox.json"
     issuers = load_trusted_issuers({"TRUSTED_ISSUERS_FILE": str(path)})
     assert list(issuers) == ["https://sandbox.cds-hooks.org"]
+    assert issuers["https://sandbox.cds-hooks.org"].jku == {"https://sandbox.cds-hooks.org/.well-known/jwks.json"}
     assert KeyStore().key_for(issuers["https://sandbox.cds-hooks.org"], "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f", None)
 
 
@@ -340,6 +341,18 @@ def test_allowlisted_jku_used_and_disallowed_jku_never_fetched(tmp_path):
     responses.get(evil, json=jwks(_other_ec()))
     assert_bare_401(call(client, DISCOVERY, mint(_other_ec(), BASE + DISCOVERY, headers={"jku": evil})))
     assert [c.request.url for c in responses.calls] == [JKU]
+
+
+@responses.activate
+def test_sandbox_shaped_token_with_jku_uses_the_inline_copy_offline(tmp_path):
+    # the CDS Hooks Sandbox always sends a jku that is unreachable offline: the inline copy of its set is used
+    sandbox_jku = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+    key = ec_key(kid="44823f3d-0b01-4a6c-a80e-b9d3e8a7226f")
+    client = make_app(tmp_path, [{"iss": "https://sandbox.cds-hooks.org", "jku": [sandbox_jku], "jwks": jwks(key),
+                                  "algorithms": ["ES384"]}]).test_client()
+    token = mint(key, BASE + DISCOVERY, headers={"jku": sandbox_jku}, iss="https://sandbox.cds-hooks.org")
+    assert call(client, DISCOVERY, token).status_code == 200
+    assert len(responses.calls) == 0
 
 
 @responses.activate
