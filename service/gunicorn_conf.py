@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import shutil
 import tempfile
 
 
@@ -47,6 +48,7 @@ def _prepare_multiprocess_dir() -> str:
     if not path:
         path = tempfile.mkdtemp(prefix="msk-cds-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        os.environ["_MSK_CDS_METRICS_DIR_TEMPORARY"] = path      # ours to remove in on_exit
     elif os.environ.get("_MSK_CDS_METRICS_DIR_OWNER") != str(os.getpid()):
         os.makedirs(path, exist_ok=True)
         for stale in glob.glob(os.path.join(path, "*.db")):
@@ -76,10 +78,14 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
 proc_name = "msk-cds"
+# gunicorn 25+ opens a control socket at a fixed path under $HOME by default: two servers on one host would collide,
+# and a read-only root has no writable $HOME. Workers are managed by the orchestrator, not at runtime.
+control_socket_disable = True
 
 
 def when_ready(server) -> None:
-    server.log.info("msk-cds ready: %s workers, timeout %ss, metrics in multiprocess mode", workers, timeout)
+    server.log.info("msk-cds ready: %s workers, timeout %ss, metrics in %s", server.cfg.workers, server.cfg.timeout,
+                    os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def post_fork(server, worker) -> None:
@@ -89,6 +95,12 @@ def post_fork(server, worker) -> None:
     engine = getattr(storage, "engine", None)
     if engine is not None:
         engine.dispose(close=False)
+
+
+def on_exit(server) -> None:
+    temporary = os.environ.get("_MSK_CDS_METRICS_DIR_TEMPORARY")
+    if temporary and temporary == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def child_exit(server, worker) -> None:

@@ -232,8 +232,8 @@ def test_dockerfile_installs_what_ci_installs():
 def test_gunicorn_config_loads_from_deploy_and_package():
     probe = (
         "import json, runpy; c = runpy.run_path('deploy/gunicorn.conf.py');"
-        "print(json.dumps({k: c[k] for k in ('workers', 'timeout', 'preload_app', 'wsgi_app', 'threads')}"
-        " | {'hooks': [k for k in ('post_fork', 'child_exit', 'when_ready') if callable(c.get(k))]}))"
+        "print(json.dumps({k: c[k] for k in ('workers', 'timeout', 'preload_app', 'wsgi_app', 'threads', 'control_socket_disable')}"
+        " | {'hooks': [k for k in ('post_fork', 'child_exit', 'when_ready', 'on_exit') if callable(c.get(k))]}))"
     )
     env = {"WEB_CONCURRENCY": "3", "FHIR_FETCH_DEADLINE_SECONDS": "10", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -241,8 +241,9 @@ def test_gunicorn_config_loads_from_deploy_and_package():
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
     assert config["workers"] == 3 and config["preload_app"] is True and config["threads"] == 1
+    assert config["control_socket_disable"] is True
     assert config["timeout"] > 10 and config["wsgi_app"] == "service:create_app()"
-    assert config["hooks"] == ["post_fork", "child_exit", "when_ready"]
+    assert config["hooks"] == ["post_fork", "child_exit", "when_ready", "on_exit"]
 
 
 def test_worker_count_and_timeout_rules(monkeypatch):
