@@ -5,6 +5,7 @@ history, the observations named in knowledge/observations.yaml, and allergies.
 """
 from __future__ import annotations
 
+from hooks.cards.build import order_hook_cards, patient_view_cards
 from hooks.knowledge import observation_catalogue
 from hooks.model import HookResult
 from hooks.registry import HookRequest, cds_service
@@ -45,7 +46,7 @@ REQUIRED = ("patient", "conditions", "reports")
     required_prefetch=REQUIRED,
 )
 def patient_view(request: HookRequest) -> HookResult:
-    return HookResult()
+    return patient_view_cards(request)
 
 
 @cds_service(
@@ -60,7 +61,7 @@ def patient_view(request: HookRequest) -> HookResult:
     required_prefetch=REQUIRED,
 )
 def order_select(request: HookRequest) -> HookResult:
-    return HookResult()
+    return order_hook_cards(request, selected_only=True)
 
 
 @cds_service(
@@ -75,4 +76,4 @@ def order_select(request: HookRequest) -> HookResult:
     required_prefetch=REQUIRED,
 )
 def order_sign(request: HookRequest) -> HookResult:
-    return HookResult()
+    return order_hook_cards(request, selected_only=False)

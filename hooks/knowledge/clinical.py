@@ -19,6 +19,7 @@ FACT_NAMES = frozenset({
     "symptom_support", "biologic_current", "tnf_current", "tnf_failed", "tnf_failed_primary", "tnf_failed_secondary",
     "tnf_exposure_days", "diabetes", "egfr", "gi_risk", "nsaid_allergy", "sulfonamide_allergy",
     "active_serious_infection", "physiological_context", "ibd", "disease_stable", "anticoagulant_current",
+    "demyelinating_disease",
 })
 # Dates a text template may name besides the facts.
 DATE_NAMES = frozenset({"nsaid_trial_due", "response_check_due", "reassess_date"})
@@ -240,7 +241,9 @@ class MedicationAction(StrictModel):
     companions: list[str] = Field(default_factory=list)       # services added to each alternative's suggestion
     skip_if_current: list[str] = Field(default_factory=list)  # already on a drug of these classes: do not re-suggest
     recommended_classes: list[str] = Field(default_factory=list)
+    prefer_in_pregnancy: list[str] = Field(default_factory=list)
     exclude_failed_family: bool = False
+    fallback: "MedicationAction | None" = None             # offered when every drug above is blocked
 
 
 class Step(StrictModel):
@@ -301,9 +304,38 @@ class OrderGuidance(StrictModel):
     detail: str
 
 
+class CardText(StrictModel):
+    findings: str
+    where: str
+    next: str
+    safety: str
+    orders: str
+    notes: str
+    evidence: str
+    absent: str
+    uncertain: str
+    unknown: str
+    already_on: str
+    withheld: str
+    unverified: str
+    reassess_note: str
+    recommended: str
+    source_label: str
+    evidence_line: str
+    suggestion_extra: str
+    delete_draft: str
+    keep_draft_add: str
+    replace_draft: str
+    guidance_where: str
+    guidance_dose: str
+    guidance_reassess: str
+    order_check_where: str
+
+
 class PathwaysFile(StrictModel):
     version_note: str
     advice_footer: str
+    card_text: CardText
     nsaid_failure_days: int
     response_check_days: int
     stable_pain_nrs_max: float
@@ -411,8 +443,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                 need(not unknown, "pathways.yaml", place, f"unknown placeholders {sorted(unknown)}")
             for s in step.services:
                 need(s in k.services.services, "pathways.yaml", place, f"unknown service {s!r}")
-            if step.medications:
-                med = step.medications
+            med = step.medications
+            while med is not None:
                 for s in med.companions:
                     need(s in k.services.services, "pathways.yaml", place, f"unknown service {s!r}")
                 for cls in (*med.skip_if_current, *med.recommended_classes):
@@ -421,6 +453,9 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                     need(d in k.drugs, "pathways.yaml", place, f"unknown drug {d!r}")
                     need(med.dosing in k.drugs[d].dosing, "pathways.yaml", place,
                          f"drug {d!r} has no dosing {med.dosing!r}")
+                for d in med.prefer_in_pregnancy:
+                    need(d in med.drugs, "pathways.yaml", place, f"prefer_in_pregnancy {d!r} is not among the drugs")
+                med = med.fallback
     for check in k.pathway_file.order_checks:
         place = f"order_checks.{check.id}"
         check_cond(check.when, "pathways.yaml", place + ".when")

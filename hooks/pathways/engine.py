@@ -18,6 +18,7 @@ BIOLOGIC_CLASSES = frozenset({"tnf_inhibitor", "il17_inhibitor", "jak_inhibitor"
 class Reason:
     """One fact behind the step, with the resources it came from."""
 
+    fact: str
     label: str
     value: str
     sources: tuple[str, ...] = ()
@@ -44,6 +45,7 @@ class Assessment:
     notes: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()
     text_values: dict[str, str] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()                    # services ordered with each medication option
 
     @property
     def rule(self) -> str:
@@ -123,20 +125,26 @@ def _placeholders(text: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(text) if name]
 
 
-def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[list, list, list]:
+def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[list, list, list, Any]:
+    """(suggestible options, blocked options, drugs already on, the medication action used)."""
     med = step.medications
     if med is None:
-        return [], [], []
+        return [], [], [], None
     already = [d for d in sorted(facts.current_drugs) if set(k.drugs[d].classes) & set(med.skip_if_current)]
     if already:
-        return [], [], already
-    candidates = [d for d in med.drugs if d not in facts.current_drugs]
-    if med.exclude_failed_family:
-        candidates = [d for d in candidates if (k.drugs[d].biosimilar_family or d) not in facts.failed_families]
-    evaluated = [(d, evaluate_drug(d, facts, k)) for d in candidates]
-    allowed = [(d, s) for d, s in evaluated if not s.blocked]
-    blocked = [MedicationOption(d, med.dosing, False, s) for d, s in evaluated if s.blocked]
-    prefer = []
+        return [], [], already, med
+    blocked: list[MedicationOption] = []
+    while med is not None:
+        candidates = [d for d in med.drugs if d not in facts.current_drugs]
+        if med.exclude_failed_family:
+            candidates = [d for d in candidates if (k.drugs[d].biosimilar_family or d) not in facts.failed_families]
+        evaluated = [(d, evaluate_drug(d, facts, k)) for d in candidates]
+        allowed = [(d, s) for d, s in evaluated if not s.blocked]
+        blocked += [MedicationOption(d, med.dosing, False, s) for d, s in evaluated if s.blocked]
+        if allowed or med.fallback is None:
+            break
+        med = med.fallback
+    prefer = list(med.prefer_in_pregnancy) if facts.get("pregnant") else []
     if facts.gi_risk_factors and any("nsaid" in k.drugs[d].classes for d, _ in allowed):
         prefer.append(k.checks["gi_risk"].params["prefer_drug"])
     recommended = next((d for d, _ in allowed if d in prefer), None)
@@ -144,10 +152,9 @@ def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[lis
         recommended = next((d for d, _ in allowed if set(k.drugs[d].classes) & set(med.recommended_classes)), None)
     if recommended is None and allowed:
         recommended = allowed[0][0]
-    # the recommended alternative goes first
-    allowed.sort(key=lambda item: item[0] != recommended)
+    allowed.sort(key=lambda item: item[0] != recommended)      # the recommended alternative goes first
     options = [MedicationOption(d, med.dosing, d == recommended, s) for d, s in allowed]
-    return options, blocked, []
+    return options, blocked, [], med
 
 
 def assess(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> tuple[Assessment, ...]:
@@ -182,9 +189,9 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
     named = list(ctx.used_facts)
     for text in (step.where, step.summary):
         named += [n for n in _placeholders(text) if n in facts.values and n not in named]
-    reasons = tuple(Reason(k.pathway_file.fact_labels.get(n, n), fact_text(facts.get(n)), tuple(facts.sources.get(n, ())))
+    reasons = tuple(Reason(n, k.pathway_file.fact_labels.get(n, n), fact_text(facts.get(n)), tuple(facts.sources.get(n, ())))
                     for n in named)
-    options, blocked, already = _options(step, facts, k)
+    options, blocked, already, used = _options(step, facts, k)
     notes = list(pathway.notes)
     if pathway.t1_required:
         for report in ctx.findings.reports:
@@ -195,6 +202,7 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
         pathway=pathway, step=step, findings=tuple(shown), reasons=reasons, options=tuple(options),
         blocked=tuple(blocked), already_on=tuple(already), services=tuple(step.services), notes=tuple(notes),
         unknown=tuple(unknown), text_values=text_values(facts),
+        companions=tuple(used.companions) if used is not None else (),
     )
 
 

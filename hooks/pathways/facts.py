@@ -355,6 +355,7 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     flag("diabetes", "diabetes", "charcot")
     flag("active_serious_infection", "active_serious_infection")
     flag("ibd", "ibd")
+    flag("demyelinating_disease", "demyelinating_disease")
     flag("physiological_context", "athlete", "postpartum")
 
     gender = getattr(patient, "gender", None) if patient is not None else None

@@ -115,10 +115,10 @@ def _pregnancy_nsaid(check, facts, k, drug):
 def _required_orders(check, facts, k, drug):
     missing_groups, services = [], []
     for group, tests in check.params["orders"].items():
-        absent = [t for t in tests if t not in facts.screening]
-        if absent:
+        # a group is satisfied by any of its tests on record (e.g. HBsAg for HBV); otherwise all are ordered
+        if not any(t in facts.screening for t in tests):
             missing_groups.append(group)
-            services.extend(absent)
+            services.extend(tests)
     if not services:
         return None
     return _Outcome("require_orders", {"missing": " and ".join(missing_groups)}, services=tuple(services))
@@ -152,6 +152,7 @@ CHECKS: dict[str, Check] = {
     "biologic_screening": _required_orders,
     "screening_positive": _screening_positive,
     "il17_ibd": _fact_block("ibd"),
+    "tnf_demyelinating": _fact_block("demyelinating_disease"),
     "jak_boxed_warning": _jak_age,
     "denosumab_prerequisites": _required_orders,
 }

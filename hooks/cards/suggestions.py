@@ -1,0 +1,137 @@
+"""Suggested orders as R4 resources built with fhir.resources.R4B: draft MedicationRequests with RxNorm codes and
+structured dosing, draft ServiceRequests for referrals, procedures and tests. Codes the references do not verify
+carry the code-verification extension."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from hooks.knowledge import Coding
+from hooks.knowledge.clinical import ClinicalKnowledge, Dosing
+
+VERIFICATION_URL = "https://msk-cds.org/fhir/StructureDefinition/code-verification"
+REQUESTER_TYPES = ("Practitioner/", "PractitionerRole/")
+PERIOD_UNITS = {"h": "h", "d": "d", "wk": "wk", "mo": "mo"}
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """What every suggested order needs from the request."""
+
+    patient_id: str
+    user: str | None
+    now: dt.datetime
+    intent: str                      # "proposal" (patient-view) or "order" (order-select / order-sign)
+    reason: str | None               # Condition/x or DiagnosticReport/y
+
+
+def coding_json(coding: Coding) -> dict[str, Any]:
+    out: dict[str, Any] = coding.fhir()
+    if not coding.verified:
+        out["extension"] = [{"url": VERIFICATION_URL, "valueCode": "unverified"}]
+    return out
+
+
+def _common(ctx: OrderContext) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": "draft",
+        "intent": ctx.intent,
+        "subject": {"reference": f"Patient/{ctx.patient_id}"},
+        "authoredOn": ctx.now.date().isoformat(),
+    }
+    if ctx.user and ctx.user.startswith(REQUESTER_TYPES):
+        out["requester"] = {"reference": ctx.user}
+    if ctx.reason:
+        out["reasonReference"] = [{"reference": ctx.reason}]
+    return out
+
+
+def _quantity(value: float, unit: str, k: ClinicalKnowledge) -> dict[str, Any]:
+    number: float | int = int(value) if float(value).is_integer() else value
+    return {"value": number, "unit": unit, "system": k.medications.units_system, "code": unit}
+
+
+def reassess_date(dosing: Dosing, now: dt.datetime) -> str | None:
+    days = dosing.reassess_days or dosing.duration_days
+    return (now + dt.timedelta(days=days)).date().isoformat() if days else None
+
+
+def medication_request(drug_id: str, dosing_key: str, ctx: OrderContext, k: ClinicalKnowledge,
+                       reassess_note: str) -> dict[str, Any]:
+    """A draft MedicationRequest (validated R4B model, dumped as JSON) for one drug and dosing."""
+    drug = k.drugs[drug_id]
+    dosing = drug.dosing[dosing_key]
+    product = drug.product(dosing.product) if dosing.product else None
+    coding = product if product is not None and product.verified else drug.ingredient
+    repeat: dict[str, Any] = {"frequency": dosing.frequency, "period": dosing.period,
+                              "periodUnit": PERIOD_UNITS[dosing.period_unit]}
+    if dosing.count:
+        repeat["count"] = dosing.count
+    if dosing.duration_days:
+        repeat["boundsDuration"] = {"value": dosing.duration_days, "unit": "days",
+                                    "system": k.medications.units_system, "code": "d"}
+    if dosing.dose is not None:
+        dose_and_rate = {"doseQuantity": _quantity(dosing.dose.value, dosing.dose.unit, k)}
+    else:
+        rng = dosing.dose_range
+        dose_and_rate = {"doseRange": {"low": _quantity(rng.low, rng.unit, k), "high": _quantity(rng.high, rng.unit, k)}}
+    data = _common(ctx)
+    data.update({
+        "medicationCodeableConcept": {"coding": [coding_json(coding)], "text": coding.display},
+        "dosageInstruction": [{
+            "text": dosing.text,
+            "timing": {"repeat": repeat},
+            "route": {"coding": [coding_json(k.medications.routes[dosing.route])],
+                      "text": k.medications.routes[dosing.route].display},
+            "doseAndRate": [dose_and_rate],
+        }],
+    })
+    if dosing.duration_days:
+        data["dispenseRequest"] = {"expectedSupplyDuration": {"value": dosing.duration_days, "unit": "days",
+                                                              "system": k.medications.units_system, "code": "d"}}
+    when = reassess_date(dosing, ctx.now)
+    if when:
+        data["note"] = [{"text": reassess_note.format(date=when)}]
+    return MedicationRequest.model_validate(data).model_dump(mode="json")
+
+
+def service_request(service_id: str, ctx: OrderContext, k: ClinicalKnowledge, priority: str = "routine") -> dict[str, Any]:
+    """A draft ServiceRequest (validated R4B model, dumped as JSON) for a referral, procedure or test."""
+    service = k.services.services[service_id]
+    data = _common(ctx)
+    data["code"] = {"coding": [coding_json(service.coding)], "text": service.text}
+    data["priority"] = priority
+    if service.note:
+        data["note"] = [{"text": service.note}]
+    return ServiceRequest.model_validate(data).model_dump(mode="json")
+
+
+def create(resource: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {"type": "create", "description": description, "resource": dict(resource)}
+
+
+def delete(reference: str, description: str) -> dict[str, Any]:
+    return {"type": "delete", "description": description, "resourceId": reference}
+
+
+def unverified_codes(resource: Mapping[str, Any]) -> list[str]:
+    """Displays of the codings in a built resource that carry the unverified extension."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            ext = node.get("extension")
+            if isinstance(ext, list) and any(e.get("url") == VERIFICATION_URL for e in ext if isinstance(e, Mapping)):
+                found.append(str(node.get("display") or node.get("code")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(resource)
+    return found
