@@ -138,3 +138,28 @@ def test_bad_since_is_a_usage_error(seeded_url, capsys):
     parser = argparse.ArgumentParser()
     analytics.add_arguments(parser)
     assert analytics.run(parser.parse_args(["--database-url", seeded_url, "--since", "yesterday"]), io.StringIO()) == 2
+
+
+def test_feedback_posted_over_http_joins_the_ledger(tmp_path):
+    """The real path: a card recorded by the invoke-path call, feedback through the endpoint, then the report."""
+    from hooks.record import PatientRecord
+    from hooks.registry import HookRequest
+    from service import create_app, ledger
+
+    url = f"sqlite:///{tmp_path / 'http.sqlite3'}"
+    app = create_app({"AUTH_DISABLED": True, "DATABASE_URL": url})
+    request = HookRequest(
+        service_id="msk-imaging-order-select", hook="order-select", hook_instance="hi-1",
+        context={"patientId": "p1", "userId": "Practitioner/1"}, record=PatientRecord.from_prefetch({}),
+        now=NOW, fhir_server=SERVER,
+    )
+    with app.app_context():
+        ledger.after_handler(request, [card("h1", "axspa.steroid-avoid", "axspa", [("h1-s", "Stop prednisone")],
+                                            indicator="warning")])
+    client = app.test_client()
+    body = {"feedback": [{"card": "h1", "outcome": "accepted", "acceptedSuggestions": [{"id": "h1-s"}],
+                          "outcomeTimestamp": "2026-11-20T09:05:00Z"}]}
+    assert client.post("/cds-services/msk-imaging-order-select/feedback", json=body).status_code == 200
+    report = json.loads(run(url, "--format", "json"))["rules"]
+    assert report == [{"rule": "axspa.steroid-avoid", "pathway": "axspa", "shown": 1, "accepted": 1, "overridden": 0,
+                       "acceptanceRate": 1.0, "acceptedSuggestions": {"Stop prednisone": 1}, "overrideReasons": {}}]
