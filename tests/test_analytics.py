@@ -124,10 +124,9 @@ def test_service_filter_and_empty_period(seeded_url):
 
 
 def test_console_script_entry(seeded_url):
-    """The same report through the module entry point, as `msk-cds analytics` runs it."""
+    """The same report through the command line, as `msk-cds analytics` runs it."""
     completed = subprocess.run(
-        [sys.executable, "-c", "import sys; from service.analytics import main; sys.exit(main(sys.argv[1:]))",
-         "--database-url", seeded_url, "--since", "2026-11-01"],
+        [sys.executable, "-m", "service.cli", "analytics", "--database-url", seeded_url, "--since", "2026-11-01"],
         capture_output=True, text=True, timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
