@@ -131,6 +131,7 @@ def test_fhir_authorization_requires_fhir_server(client, cds_request):
     (b'{"a": NaN}', "NaN"),
     (b'{"a": 1e999}', "NaN"),
     (b"[" * 100 + b"]" * 100, "nesting"),
+    (b"[" * 1_000_000 + b"]" * 1_000_000, "nesting"),
     (b'{"a":' * 70 + b"1" + b"}" * 70, "nesting"),
 ])
 def test_malformed_bodies_are_400_with_a_reason(client, data, reason):
