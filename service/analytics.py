@@ -71,7 +71,8 @@ def build_report(engine: Engine, since: dt.datetime | None = None, service_id: s
 
     stats: dict[str, RuleStats] = {}
     shown_query = (
-        select(ledger_t.c.rule_id, func.max(ledger_t.c.pathway), func.count())
+        # a retried call (same hookInstance) records the same card uuids again: still one showing
+        select(ledger_t.c.rule_id, func.max(ledger_t.c.pathway), func.count(func.distinct(ledger_t.c.card_uuid)))
         .where(*conditions)
         .group_by(ledger_t.c.rule_id)
     )

@@ -56,7 +56,9 @@ def seeded_url(tmp_path) -> str:
     for i in range(4):
         show(ledger, [card(f"n{i}", "axspa.nsaid-trial", "axspa",
                            [(f"{naproxen[0]}{i}", naproxen[1]), (f"{ibuprofen[0]}{i}", ibuprofen[1])])], NOW)
-    # axspa.tnf-inhibitor: shown twice; 1 overridden without a reason, 1 overridden with one
+    # axspa.tnf-inhibitor: shown twice (t0's call retried by the EHR: same card uuid, one showing);
+    # 1 overridden without a reason, 1 overridden with one
+    show(ledger, [card("t0", "axspa.tnf-inhibitor", "axspa", indicator="warning")], NOW)
     show(ledger, [card("t0", "axspa.tnf-inhibitor", "axspa", indicator="warning")], NOW)
     show(ledger, [card("t1", "axspa.tnf-inhibitor", "axspa", indicator="warning")], NOW, patient="p2")
     # shown long ago: only counted without --since
