@@ -61,6 +61,16 @@ def store(pg_url):
     store.dispose()
 
 
+_apps: list = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_apps():
+    yield
+    while _apps:
+        _apps.pop().extensions["msk_cds.storage"].dispose()
+
+
 def make_app(pg_url, **settings):
     config = {
         "DATABASE_URL": pg_url,
@@ -68,7 +78,9 @@ def make_app(pg_url, **settings):
         "TESTING": True,
     }
     config.update(settings)
-    return create_app(config)
+    app = create_app(config)
+    _apps.append(app)
+    return app
 
 
 def test_schema_creation_is_idempotent_across_instances(pg_url, store):
