@@ -575,6 +575,13 @@ def init_app(app: Flask) -> None:
     )
     app.extensions[EXTENSION_KEY] = verifier
     public_base_url = str(config.get("PUBLIC_BASE_URL") or "").rstrip("/")
+    if not public_base_url and issuers:
+        # without it the audience comes from the Host header, which the caller chooses: a token minted for
+        # another service could be replayed here with that service's host name
+        log.warning(
+            "PUBLIC_BASE_URL not set: the JWT audience is taken from the request's Host header; set it in production",
+            extra={"reason": "no_public_base_url"},
+        )
 
     @app.before_request
     def authenticate() -> Response | None:

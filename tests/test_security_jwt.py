@@ -218,6 +218,35 @@ def test_public_base_url_is_the_audience_behind_a_proxy(tmp_path):
     assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)))
 
 
+def test_token_for_another_service_host_is_refused_with_a_public_base_url(tmp_path):
+    # the Host header is the caller's choice: with PUBLIC_BASE_URL the audience no longer follows it
+    client = make_app(tmp_path, PUBLIC_BASE_URL="https://cds.hospital.example").test_client()
+    foreign = "https://other-vendor.example/cds-services"
+    token = mint(EC, foreign)
+    response = client.get(DISCOVERY, headers=bearer(token), base_url="https://other-vendor.example")
+    assert_bare_401(response)
+
+
+def test_without_public_base_url_start_up_warns_that_host_decides_the_audience(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    make_app(tmp_path)
+    assert any("PUBLIC_BASE_URL not set" in r.getMessage() for r in caplog.records)
+
+
+def test_concurrent_replays_of_one_token_only_one_succeeds(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_app(tmp_path)
+    token = mint(EC, BASE + DISCOVERY)
+
+    def attempt(_):
+        return app.test_client().get(DISCOVERY, headers=bearer(token)).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(attempt, range(16)))
+    assert statuses == [200] + [401] * 15
+
+
 def test_tenant_allowlist(tmp_path):
     client = make_app(tmp_path, [{"iss": ISSUER, "jwks": jwks(EC), "tenants": ["north", "south"]}]).test_client()
     assert call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, tenant="north")).status_code == 200
