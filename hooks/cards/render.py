@@ -188,7 +188,7 @@ def _safety_lines(a: Assessment, k: ClinicalKnowledge, facts: PatientFacts) -> l
             seen.add(key)
             refs = f" ({md.escape(', '.join(flag.sources))})" if flag.sources else ""
             lines.append(flag.text + refs)
-    for option in a.blocked:
+    for option in (*a.blocked, *a.withheld):
         reasons = "; ".join(f.text for f in option.safety.flags if f.effect == "block")
         lines.append(text.withheld.format(drug=k.drugs[option.drug].name.capitalize(), reasons=reasons))
     for drug_id in a.already_on:
@@ -240,10 +240,14 @@ def pathway_card(a: Assessment, facts: PatientFacts, cctx: CardContext, k: Clini
     ) if part)
 
     fact_refs = [(r.fact, ref) for r in a.reasons for ref in r.sources[:3]]
+    summary, indicator = (a.summary or step.summary).format_map(values), step.indicator
+    if a.blocked and not a.options:
+        summary = text.all_blocked.format(title=pathway.title)
+        indicator = "warning" if indicator == "info" else indicator
     card: dict[str, Any] = {
         "uuid": card_uuid(cctx.hook_instance, rule, "card"),
-        "summary": step.summary.format_map(values)[:139],
-        "indicator": step.indicator,
+        "summary": summary[:139],
+        "indicator": indicator,
         "detail": detail,
         "source": source(pathway, k),
         "extension": extension(rule, pathway.id, evidence_extension(a.findings, fact_refs),
@@ -252,7 +256,7 @@ def pathway_card(a: Assessment, facts: PatientFacts, cctx: CardContext, k: Clini
     if suggestions:
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one" if a.options else "any"
-    if step.indicator != "info":
+    if indicator != "info":
         card["overrideReasons"] = override_reasons(k)
     card_links = links(a.citations, k)
     if card_links:

@@ -19,7 +19,7 @@ FACT_NAMES = frozenset({
     "symptom_support", "biologic_current", "tnf_current", "tnf_failed", "tnf_failed_primary", "tnf_failed_secondary",
     "tnf_exposure_days", "diabetes", "egfr", "gi_risk", "nsaid_allergy", "sulfonamide_allergy",
     "active_serious_infection", "physiological_context", "ibd", "disease_stable", "anticoagulant_current",
-    "demyelinating_disease",
+    "demyelinating_disease", "si_injection_done",
 })
 # Dates a text template may name besides the facts.
 DATE_NAMES = frozenset({"nsaid_trial_due", "response_check_due", "reassess_date"})
@@ -123,6 +123,7 @@ class MedicationsFile(StrictModel):
 class ValueSet(StrictModel):
     codings: list[Coding]
     phrases: list[str] = Field(default_factory=list)
+    all_words: list[str] = Field(default_factory=list)     # matches when every word appears in the text
 
 
 class ConditionsFile(StrictModel):
@@ -206,6 +207,7 @@ class Cond(StrictModel):
     """One condition of the pathway language (exactly one kind per node)."""
 
     finding: str | None = None
+    possible: str | None = None            # a finding affirmed or reported as uncertain ("concerning for")
     condition: str | None = None
     pathway: str | None = None
     fact: str | None = None
@@ -219,7 +221,7 @@ class Cond(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Cond":
-        kinds = [k for k in ("finding", "condition", "pathway", "fact", "all", "any", "not_") if getattr(self, k) is not None]
+        kinds = [k for k in ("finding", "possible", "condition", "pathway", "fact", "all", "any", "not_") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"a condition has exactly one of finding/condition/pathway/fact/all/any/not, got {kinds}")
         comparisons = [k for k in ("gt", "ge", "lt", "le") if getattr(self, k) is not None]
@@ -244,6 +246,7 @@ class MedicationAction(StrictModel):
     prefer_in_pregnancy: list[str] = Field(default_factory=list)
     exclude_failed_family: bool = False
     fallback: "MedicationAction | None" = None             # offered when every drug above is blocked
+    summary: str | None = Field(default=None, max_length=139)   # the card summary when this fallback is used
 
 
 class Step(StrictModel):
@@ -258,6 +261,7 @@ class Step(StrictModel):
     medications: MedicationAction | None = None
     services: list[str] = Field(default_factory=list)
     service_priority: Literal["routine", "urgent"] = "routine"
+    also_check: list[str] = Field(default_factory=list)    # drugs the next steps mention: say when one is withheld
 
 
 class Pathway(StrictModel):
@@ -330,6 +334,7 @@ class CardText(StrictModel):
     guidance_dose: str
     guidance_reassess: str
     order_check_where: str
+    all_blocked: str
 
 
 class PathwaysFile(StrictModel):
@@ -411,8 +416,9 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                 need(node.condition in k.value_sets, file, place, f"unknown value set {node.condition!r}")
             if node.pathway is not None:
                 need(node.pathway in pathway_ids, file, place, f"unknown pathway {node.pathway!r}")
-            if node.finding is not None and concepts is not None:
-                need(node.finding in concepts, file, place, f"unknown finding concept {node.finding!r}")
+            for concept in (node.finding, node.possible):
+                if concept is not None and concepts is not None:
+                    need(concept in concepts, file, place, f"unknown finding concept {concept!r}")
 
     labels = set(k.pathway_file.fact_labels)
     need(labels == FACT_NAMES, "pathways.yaml", "fact_labels",
@@ -441,6 +447,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
             for text in (step.summary, step.where, *step.next):
                 unknown = _placeholders(text) - known_text
                 need(not unknown, "pathways.yaml", place, f"unknown placeholders {sorted(unknown)}")
+            for d in step.also_check:
+                need(d in k.drugs, "pathways.yaml", place, f"unknown drug {d!r}")
             for s in step.services:
                 need(s in k.services.services, "pathways.yaml", place, f"unknown service {s!r}")
             med = step.medications

@@ -46,6 +46,8 @@ class Assessment:
     unknown: tuple[str, ...] = ()
     text_values: dict[str, str] = field(default_factory=dict)
     companions: tuple[str, ...] = ()                    # services ordered with each medication option
+    withheld: tuple[MedicationOption, ...] = ()         # drugs the next steps mention that a safety check blocks
+    summary: str | None = None                          # a fallback's own summary when it was used
 
     @property
     def rule(self) -> str:
@@ -79,6 +81,9 @@ def holds(cond: Cond, ctx: _Context) -> bool:
         return not holds(cond.not_, ctx)
     if cond.finding is not None:
         return bool(ctx.findings.active(cond.finding))
+    if cond.possible is not None:
+        return any(not f.historical and f.certainty in ("affirmed", "uncertain")
+                   for f in ctx.findings.findings if f.concept == cond.possible)
     if cond.condition is not None:
         return bool(ctx.facts.conditions.get(cond.condition))
     if cond.pathway is not None:
@@ -203,6 +208,9 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
         blocked=tuple(blocked), already_on=tuple(already), services=tuple(step.services), notes=tuple(notes),
         unknown=tuple(unknown), text_values=text_values(facts),
         companions=tuple(used.companions) if used is not None else (),
+        summary=used.summary if used is not None and used is not step.medications and options else None,
+        withheld=tuple(MedicationOption(d, "", False, s) for d, s in
+                       ((d, evaluate_drug(d, facts, k)) for d in step.also_check) if s.blocked),
     )
 
 

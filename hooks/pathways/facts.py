@@ -78,7 +78,14 @@ def _matches(concept: Any, value_set: ValueSet) -> bool:
     if any(pair in codes for pair in codings(concept)):
         return True
     text = _lower(concept_text(concept)) + " " + _lower(getattr(concept, "text", None))
-    return any(phrase in text for phrase in value_set.phrases)
+    return text_matches(text, value_set)
+
+
+def text_matches(text: str, value_set: ValueSet) -> bool:
+    """A lower-case text against a value set's phrases (any) and all_words (every one)."""
+    if any(phrase in text for phrase in value_set.phrases):
+        return True
+    return bool(value_set.all_words) and all(word in text for word in value_set.all_words)
 
 
 def _status_code(concept: Any) -> str | None:
@@ -504,6 +511,21 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
             sources["nsaid_allergy"] = allergy["nsaid"]
         if "sulfonamide" in allergy:
             sources["sulfonamide_allergy"] = allergy["sulfonamide"]
+
+    # a past image-guided SI-joint injection (procedure or its imaging report)
+    injection = k.services.order_kinds.get("si_injection")
+    done: list[str] = []
+    if injection is not None:
+        for resource in (*record.diagnostic_reports[:MAX_ITEMS], *record.of_type("Procedure")[:MAX_ITEMS]):
+            if getattr(resource, "status", None) in ("entered-in-error", "cancelled", "not-done", "preparation"):
+                continue
+            text = " ".join(_lower(x) for x in (concept_text(getattr(resource, "code", None)),
+                                                  getattr(resource, "conclusion", None)))
+            if _matches(getattr(resource, "code", None), injection) or text_matches(text, injection):
+                done.append(reference_of(resource))
+    values["si_injection_done"] = bool(done)
+    if done:
+        sources["si_injection_done"] = tuple(done)
 
     failed_families = frozenset(e.family or e.drug for e in failed_tnf)
     return PatientFacts(
