@@ -43,6 +43,7 @@ class Concept(StrictModel):
     source: str
     physiological: bool = False
     default_site: str | None = None
+    sites: tuple[str, ...] = ()              # when set, a mention at another site is not this finding
     implies: tuple[str, ...] = ()            # an affirmed/uncertain mention also asserts these (deep BME -> BME)
     codes: tuple[Coding, ...] = ()
     related_codes: tuple[Coding, ...] = ()
@@ -61,6 +62,14 @@ class Concept(StrictModel):
     def _known_site(cls, value: str | None) -> str | None:
         if value is not None and value not in SITE_IDS:
             raise ValueError(f"unknown site {value!r}")
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _known_sites(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in SITE_IDS]
+        if unknown:
+            raise ValueError(f"unknown sites {unknown}")
         return value
 
     @property
@@ -227,7 +236,7 @@ def expand(pattern: str, macros: dict[str, str], file: str, place: str) -> re.Pa
 
     text = re.sub(r"\{([a-z_]+)\}", sub, pattern)
     try:
-        return re.compile(rf"(?<![\w]){text}(?![\w])", re.IGNORECASE)
+        return re.compile(rf"(?<![\w])(?:{text})(?![\w])", re.IGNORECASE)
     except re.error as exc:
         raise KnowledgeError(file, place, f"invalid pattern: {exc}") from None
 

@@ -2,6 +2,7 @@
 DiagnosticReport.conclusionCode, mapped to concepts through the catalogue's codes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hooks.findings.catalogue import compiled
@@ -30,7 +31,8 @@ def _status_code(concept: Any) -> str | None:
 
 def coded_findings(concept: Any, reference: str, element: str, certainty: str = "affirmed",
                    historical: bool = False) -> list[Finding]:
-    """Findings named by one CodeableConcept: one per concept, qualifiers (laterality, site) from its codes."""
+    """Findings named by one CodeableConcept: one per concept, qualifiers (laterality, site) from its codes.
+    A concept's `implies` (deep edema -> edema) hold for codes as for text, unless the finding is negated."""
     rules = compiled()
     catalogue = rules.catalogue.by_id()
     found: dict[str, Finding] = {}
@@ -42,25 +44,21 @@ def coded_findings(concept: Any, reference: str, element: str, certainty: str = 
         entry = catalogue[concept_id]
         qualifier = entry.code_qualifiers.get(code)
         laterality = qualifier.laterality if qualifier else None
-        site = (qualifier.site if qualifier else None) or entry.default_site
+        site = qualifier.site if qualifier else None
         previous = found.get(concept_id)
-        if previous is not None:
-            laterality = previous.laterality or laterality
-            site = previous.site if previous.site != entry.default_site else site
+        if previous is not None:       # two codings of one concept: keep the first, fill what it lacks
+            found[concept_id] = replace(previous, laterality=previous.laterality or laterality,
+                                        site=previous.site or site)
+            continue
         display = getattr(coding, "display", None) or getattr(concept, "text", None) or entry.display
-        found[concept_id] = Finding(
-            concept=concept_id,
-            certainty=certainty,
-            historical=historical,
-            laterality=laterality,
-            site=site,
-            source=Evidence(reference=reference, kind="coded", text=display, code=f"{system}|{code}",
-                            element=element),
-        ) if previous is None else Finding(
-            concept=concept_id, certainty=certainty, historical=historical, laterality=laterality, site=site,
-            source=previous.source,
-        )
-    return list(found.values())
+        evidence = Evidence(reference=reference, kind="coded", text=display, code=f"{system}|{code}",
+                            element=element)
+        implied = entry.implies if certainty != "negated" else ()
+        for concept_id_ in (concept_id, *implied):
+            if concept_id_ not in found:
+                found[concept_id_] = Finding(concept=concept_id_, certainty=certainty, historical=historical,
+                                             laterality=laterality, site=site, source=evidence)
+    return [replace(f, site=f.site or catalogue[f.concept].default_site) for f in found.values()]
 
 
 def findings_from_condition(condition: Any) -> tuple[Finding, ...]:

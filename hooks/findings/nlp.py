@@ -131,28 +131,33 @@ def _clause_of(position: int, breaks: list[int]) -> int:
 
 def _assign(mentions: list[_Mention], targets: list[tuple[int, int, int, str]], breaks: list[int],
             allowed: frozenset[str] | None = None) -> dict[int, _Mention]:
-    """Give each mention to the nearest target in its clause; each target keeps its nearest mention."""
-    best: dict[int, tuple[int, _Mention]] = {}
-    for mention in mentions:
+    """Pair mentions with findings of the same clause, closest pairs first, one mention per finding.
+
+    A modifier usually precedes its noun ("left SI joint synovitis"), so at equal distance the finding after the
+    mention wins; severity words after the finding ("effusion, moderate") pay a further penalty."""
+    pairs: list[tuple[float, int, int]] = []
+    for m_index, mention in enumerate(mentions):
         clause = _clause_of(mention.start, breaks)
-        choice: tuple[int, int] | None = None
         for index, start, end, concept in targets:
             if allowed is not None and concept not in allowed:
                 continue
             if _clause_of(start, breaks) != clause:
                 continue
-            cost = _gap(mention, start, end)
-            if mention.kind == "severity" and mention.start >= end:
-                cost += SEVERITY_AFTER_PENALTY
+            cost: float = _gap(mention, start, end)
+            if mention.start >= end:
+                cost += SEVERITY_AFTER_PENALTY if mention.kind == "severity" else 0.5
             if cost > MAX_GAP[mention.kind]:
                 continue
-            if choice is None or cost < choice[0]:
-                choice = (cost, index)
-        if choice is not None:
-            cost, index = choice
-            if index not in best or cost < best[index][0]:
-                best[index] = (cost, mention)
-    return {index: mention for index, (_, mention) in best.items()}
+            pairs.append((cost, m_index, index))
+    pairs.sort()
+    used_mentions: set[int] = set()
+    out: dict[int, _Mention] = {}
+    for _, m_index, index in pairs:
+        if m_index in used_mentions or index in out:
+            continue
+        used_mentions.add(m_index)
+        out[index] = mentions[m_index]
+    return out
 
 
 def _measure(text: str, rules: Compiled) -> list[_Mention]:
@@ -197,6 +202,10 @@ def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Co
         return []
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
     lateralities = _mentions("laterality", rules.laterality, text)
+    sides = {m.value for m in lateralities} & {"left", "right"}
+    if len(sides) == 1:         # "unilateral sacroiliitis, left-sided": the side says more
+        side = next(iter(sides))
+        lateralities = [replace(m, value=side) if m.value == "unilateral" else m for m in lateralities]
     severities = _mentions("severity", rules.severity, text)
     sites = _mentions("site", rules.sites, text)
     measures = _measure(text, rules)
@@ -241,6 +250,9 @@ def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Co
             certainty = "affirmed"
         historical = "HISTORICAL" in categories and certainty != "negated"
         concept = catalogue[ent.label_]
+        placed = own_site[index].value if index in own_site else sentence_site
+        if concept.sites and placed is not None and placed not in concept.sites:
+            continue        # e.g. "synovitis of the hip" is not SI-joint synovitis
         laterality = own_lat[index].value if index in own_lat else sentence_lat
         severity = own_sev[index].value if index in own_sev else None
         site = own_site[index].value if index in own_site else (sentence_site or concept.default_site)
@@ -260,7 +272,9 @@ def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Co
         concepts = [concept.id, *(target.also if target is not None else ())]
         if certainty != "negated":
             concepts.extend(concept.implies)
-            if concept.id in deep_applies and (index in own_deep or _is_deep(depth, comparator, rules)):
+            # A measured depth decides; the word "deep" only when no number was given.
+            measured = depth is not None or comparator in LESS_THAN
+            if concept.id in deep_applies and (_is_deep(depth, comparator, rules) if measured else index in own_deep):
                 concepts.append(rules.nlp.deep_bme.adds)
         for concept_id in dict.fromkeys(concepts):
             _merge(out, Finding(concept=concept_id, **base))
@@ -268,18 +282,26 @@ def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Co
 
 
 def _merge(out: list[Finding], finding: Finding) -> None:
-    """One finding per concept and context in a sentence: a second mention only fills what the first lacked."""
+    """Mentions of one concept in one sentence that agree become one finding (a later mention fills gaps); an
+    affirmed mention outweighs an uncertain one ("cam deformity which may predispose to FAI")."""
+    fields = ("laterality", "severity", "site", "depth_mm")
     for n, seen in enumerate(out):
-        if (seen.concept, seen.certainty, seen.historical) == (finding.concept, finding.certainty, finding.historical):
-            out[n] = replace(
-                seen,
-                laterality=seen.laterality or finding.laterality,
-                severity=seen.severity or finding.severity,
-                site=seen.site or finding.site,
-                depth_mm=seen.depth_mm if seen.depth_mm is not None else finding.depth_mm,
-                measurements={**finding.measurements, **seen.measurements},
-            )
-            return
+        if (seen.concept, seen.historical) != (finding.concept, finding.historical):
+            continue
+        if any(getattr(seen, f) is not None and getattr(finding, f) is not None
+               and getattr(seen, f) != getattr(finding, f) for f in fields
+               if not (f == "laterality" and "bilateral" in (seen.laterality, finding.laterality))):
+            continue        # a second site or side: a second finding (a "bilateral" mention covers one side)
+        if {seen.certainty, finding.certainty} == {"affirmed", "uncertain"}:
+            keep, other = (seen, finding) if seen.certainty == "affirmed" else (finding, seen)
+        elif seen.certainty == finding.certainty:
+            keep, other = seen, finding
+        else:
+            continue
+        out[n] = replace(keep, **{f: getattr(keep, f) if getattr(keep, f) is not None else getattr(other, f)
+                                  for f in fields},
+                         measurements={**other.measurements, **keep.measurements})
+        return
     out.append(finding)
 
 
