@@ -88,12 +88,27 @@ def _frames(tb: Any, limit: int = 12) -> list[str]:
     return frames[-limit:]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (test runners and servers swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: str | int = "INFO", stream: Any = None) -> logging.Handler:
     """Install the JSON-lines handler on the root logger once per process; later calls only set the level."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, _HANDLER_MARK, False)), None)
     if handler is None:
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
         setattr(handler, _HANDLER_MARK, True)
         handler.setFormatter(JsonLineFormatter())
         root.addHandler(handler)
