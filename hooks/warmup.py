@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from hooks.cards.warmup import warm_up as clinical_warm_up
 from hooks.findings import warm_up as findings_warm_up
 from hooks.knowledge import knowledge_version
 from hooks.registry import registered_services
@@ -32,3 +33,4 @@ def warm_up() -> None:
     for sample in SAMPLES:
         get_fhir_model_class(sample["resourceType"]).model_validate(sample)
     findings_warm_up()
+    clinical_warm_up()

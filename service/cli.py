@@ -13,6 +13,7 @@ from typing import Sequence
 COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "service.cmd_serve", "run the service (development server on 127.0.0.1:8080 by default)"),
     ("analytics", "service.analytics", "per card rule: shown, accepted (which suggestion), overridden (why)"),
+    ("replay", "service.replay", "send request files to a running service and print the cards readably"),
 ]
 
 
