@@ -101,6 +101,7 @@ def measure(plan: Plan, tmp: Path, http: bool) -> dict[str, Any]:
     first_bodies = [variants.make(2 * 10**5 + i) for i in range(plan.stage_calls)]
     results["stage_entry"] = entry.stages()
     results["stages_first"] = stages.stage_split(app, "patient-view", first_bodies, entry)
+    results["stages_match_handler"] = stages.same_answer_as_handler(app, variants.make(2 * 10**5 + 99_999), entry)
     same = variants.make(3 * 10**5)
     stages.stage_split(app, "patient-view", [same], entry)
     results["stages_repeat"] = stages.stage_split(app, "patient-view", [variants.repeat(3 * 10**5)] *
@@ -256,7 +257,10 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
         "(nothing wrapped, no production code changed): `parse_json` -> `validate_call` -> `prefetch.resolve` "
         "(every key present, nothing fetched) -> `PatientRecord.from_prefetch` + `of_type` for every type present "
         "-> clinical stages -> `ledger.after_handler` -> `json_response`. "
-        + ("The clinical engine's stages are timed one by one." if "cards" in r["stage_entry"] else
+        + ("The clinical stages are those hooks/cards/build.py composes for patient-view: `extract_findings`, "
+           "`patient_facts` + `assess` (assessment), `pathway_card` per assessment (cards, including the R4B "
+           "suggestion resources); on the typical chart they give the same cards as the handler: "
+           f"**{r.get('stages_match_handler')}**." if "cards" in r["stage_entry"] else
            "Not every clinical stage has a public entry point yet (found: "
            f"{', '.join(r['stage_entry']) or 'none'}); `handler` is the service handler called whole on the parsed "
            "record, so it repeats the findings and assessment timed above it (its total is the clinical cost)."))

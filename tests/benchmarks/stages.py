@@ -26,6 +26,22 @@ def _optional(module: str, name: str) -> Callable[..., Any] | None:
         return None
 
 
+def _patient_view_cards() -> Callable[..., Any] | None:
+    """patient-view's card step as hooks/cards/build.py composes it: one pathway card per assessment."""
+    context = _optional("hooks.cards.build", "_context")
+    pathway_card = _optional("hooks.cards.render", "pathway_card")
+    knowledge = _optional("hooks.knowledge.clinical", "clinical_knowledge")
+    if not (context and pathway_card and knowledge):
+        return None
+
+    def render(request: Any, facts: Any, assessments: Any) -> list[Any]:
+        k = knowledge()
+        cctx = context(request, "proposal")
+        return [pathway_card(a, facts, cctx, k) for a in assessments]
+
+    return render
+
+
 @dataclass
 class ClinicalEntryPoints:
     """The clinical engine's stage functions, where they exist."""
@@ -41,7 +57,7 @@ class ClinicalEntryPoints:
             extract_findings=_optional("hooks.findings", "extract_findings"),
             patient_facts=_optional("hooks.pathways.facts", "patient_facts"),
             assess=_optional("hooks.pathways.engine", "assess"),
-            render_cards=_optional("hooks.cards", "render_cards"),
+            render_cards=_patient_view_cards(),
         )
 
     def stages(self) -> list[str]:
@@ -115,9 +131,12 @@ def _run_once(app: Any, hook: str, body: bytes, entry: ClinicalEntryPoints, seri
         if entry.complete:
             findings = entry.extract_findings(record)
             lap("findings")
-            assessments = entry.assess(findings, entry.patient_facts(record, request.now))
+            facts = entry.patient_facts(record, request.now)
+            assessments = entry.assess(findings, facts)
             lap("assessment")
-            cards = list(entry.render_cards(request, findings, assessments))
+            # patient-view answers nothing without an active finding (hooks/cards/build.py does the same)
+            active = any(f.active for f in findings.findings)
+            cards = entry.render_cards(request, facts, assessments) if active else []
             lap("cards")
             system_actions: tuple = ()
         else:
@@ -149,3 +168,37 @@ def stage_split(app: Any, hook: str, bodies: list[bytes], entry: ClinicalEntryPo
     for body in bodies:
         _run_once(app, hook, body, entry, series)
     return series
+
+
+def same_answer_as_handler(app: Any, body: bytes, entry: ClinicalEntryPoints) -> bool | None:
+    """Whether the stage-by-stage path gives the handler's cards (rules and summaries): proof that the stages
+    timed are the work the service does. None when the clinical stages are not all separable."""
+    if not entry.complete:
+        return None
+    from hooks.record import PatientRecord
+    from hooks.registry import HookRequest, registered_services
+    from service import prefetch
+    from service.cds import evaluation_time
+    from service.hookcall import validate_call
+    from service.jsonbody import parse_json
+
+    definition = registered_services()[workload.SERVICE_IDS["patient-view"]]
+    with app.app_context():
+        call = validate_call(parse_json(body, 64), definition.hook)
+        resolved = prefetch.resolve(definition, call)
+
+        def request() -> Any:
+            record = PatientRecord.from_prefetch(resolved.data, None, resolved.unavailable)
+            return HookRequest(service_id=definition.id, hook=call.hook, hook_instance=call.hook_instance,
+                               context=call.context, record=record, now=evaluation_time(),
+                               fhir_server=call.fhir_server)
+
+        def key(cards: Any) -> list[tuple[Any, Any]]:
+            return [(c.get("summary"), len(c.get("suggestions", ()))) for c in cards]
+
+        handler_cards = key(definition.handler(request()).cards)
+        req = request()
+        findings = entry.extract_findings(req.record)
+        facts = entry.patient_facts(req.record, req.now)
+        staged = key(entry.render_cards(req, facts, entry.assess(findings, facts)))
+    return handler_cards == staged

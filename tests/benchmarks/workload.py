@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import uuid
 from typing import Any, Iterator
 
@@ -100,17 +101,22 @@ def new_hook_instance(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def first_time_variant(request: dict[str, Any], n: int) -> dict[str, Any]:
-    """The same chart as data the service has never seen: every resource gets a new version (meta.versionId), every
-    resource but the Patient a new id, and each report a new accession sentence, so no cache keyed on content, id or
-    report text can answer it. Clinically the chart is unchanged."""
-    out = copy.deepcopy(request)
-    out["hookInstance"] = str(uuid.uuid4())
+    """The same chart as data the service has never seen, of a patient it has never seen: every resource gets a new
+    id and version (meta.versionId), the patient a new id everywhere it is named (context, references), each report
+    a new accession sentence, so no cache keyed on content, id, patient or report text can answer it. Clinically
+    the chart is unchanged."""
     tag = f"v{n:07d}"
+    patient_id = request["context"]["patientId"]
+    text = json.dumps(request)
+    text = text.replace(f'"{patient_id}"', f'"{patient_id}-{tag}"').replace(f'Patient/{patient_id}"',
+                                                                           f'Patient/{patient_id}-{tag}"')
+    out = json.loads(text)
+    out["hookInstance"] = str(uuid.uuid4())
     for key, value in out.get("prefetch", {}).items():
         if not isinstance(value, dict):
             continue
         if value.get("resourceType") != "Bundle":
-            value["meta"] = {"versionId": tag}
+            value["meta"] = {"versionId": tag}       # the Patient: its id changed with the patient id above
             continue
         for entry in value.get("entry") or ():
             resource = entry["resource"]
