@@ -84,7 +84,9 @@ def make_app(pg_url, **settings):
 
 
 def test_schema_creation_is_idempotent_across_instances(pg_url, store):
-    Storage(pg_url).create_schema()
+    other = Storage(pg_url)
+    other.create_schema()
+    other.dispose()
     with store.engine.connect() as conn:
         tables = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
     assert {"cds_feedback", "card_ledger", "ledger_secret", "jwt_replay"} <= tables
