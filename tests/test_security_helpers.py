@@ -83,6 +83,23 @@ def hmac_with_public_key(key: SigningKey, audience: str) -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
+def mint_raw(private: Any, alg: str, header: dict[str, Any], body: dict[str, Any]) -> str:
+    """Sign without PyJWT's safety checks (which refuse, e.g., a P-256 key for ES384 or a non-string iss)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[alg[2:]]
+    signing_input = f"{_b64(json.dumps(dict(header, alg=alg)).encode())}.{_b64(json.dumps(body).encode())}"
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(digest)))
+        size = (private.curve.key_size + 7) // 8
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    else:
+        signature = private.sign(signing_input.encode(), padding.PKCS1v15(), digest)
+    return f"{signing_input}.{_b64(signature)}"
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -16,6 +16,7 @@ from test_security_helpers import (
     ISSUER,
     SERVICE_IDS,
     bearer,
+    claims,
     ec_key,
     feedback_body,
     hmac_with_public_key,
@@ -23,6 +24,7 @@ from test_security_helpers import (
     jwks,
     SigningKey,
     mint,
+    mint_raw,
     rsa_key,
     unsigned,
 )
@@ -122,7 +124,23 @@ ATTACKS = {
     "jti_not_string": lambda aud: mint(EC, aud, jti=12345),
     "exp_not_number": lambda aud: mint(EC, aud, exp="tomorrow"),
     "aud_list_without_us": lambda aud: mint(EC, aud, aud=["https://a.example", "https://b.example"]),
+    "aud_object": lambda aud: mint(EC, aud, aud={"url": aud}),
+    "iss_list": lambda aud: mint_raw(EC.private, "ES384", {"kid": EC.kid, "typ": "JWT"}, claims(aud, iss=[ISSUER])),
+    "exp_boolean": lambda aud: mint(EC, aud, exp=True),
+    "nbf_string": lambda aud: mint(EC, aud, nbf="now"),
+    "embedded_jwk_header": lambda aud: _with_embedded_jwk(aud),
+    "x5u_header_only": lambda aud: mint(_other_ec(), aud, headers={"x5u": "https://attacker.example/cert.pem"}),
+    "kid_path_traversal": lambda aud: mint(ec_key(kid="../../../../dev/null"), aud),
+    "kid_sql": lambda aud: mint(ec_key(kid="' OR 1=1 --"), aud),
+    "ec_p256_key_claiming_es384": lambda aud: mint_raw(ec_key(curve=ec.SECP256R1()).private, "ES384",
+                                                       {"kid": EC.kid, "typ": "JWT"}, claims(aud)),
 }
+
+
+def _with_embedded_jwk(aud: str) -> str:
+    # the attacker's own public key in the header must never be used to verify
+    attacker = _other_ec()
+    return mint(attacker, aud, headers={"jwk": attacker.public_jwk()})
 
 
 def _tamper(token: str) -> str:
@@ -197,6 +215,16 @@ def test_a_refused_token_does_not_burn_its_jti(client):
     # an attacker who knows a jti must not be able to lock the real token out with a forged one
     assert_bare_401(call(client, DISCOVERY, mint(_other_ec(), BASE + DISCOVERY, jti="victim-jti")))
     assert call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, jti="victim-jti")).status_code == 200
+
+
+def test_key_without_alg_in_jwks_still_refuses_a_mismatched_algorithm(tmp_path):
+    client = make_app(tmp_path, [{"iss": ISSUER, "jwks": {"keys": [EC.public_jwk(with_alg=False)]}}]).test_client()
+    assert call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)).status_code == 200
+    header = {"kid": EC.kid, "typ": "JWT"}
+    same_key_wrong_hash = mint_raw(EC.private, "ES512", header, claims(BASE + DISCOVERY))
+    assert_bare_401(call(client, DISCOVERY, same_key_wrong_hash))
+    rsa_under_ec_kid = mint_raw(RSA.private, "RS384", header, claims(BASE + DISCOVERY))
+    assert_bare_401(call(client, DISCOVERY, rsa_under_ec_kid))
 
 
 def test_audience_as_list_containing_the_endpoint(client):
