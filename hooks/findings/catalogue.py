@@ -226,8 +226,8 @@ class ContextRules(StrictModel):
         return self
 
 
-def expand(pattern: str, macros: dict[str, str], file: str, place: str) -> re.Pattern[str]:
-    """Compile a data pattern: expand {macro}s, match case-insensitively on word boundaries."""
+def expand_text(pattern: str, macros: dict[str, str], file: str, place: str) -> str:
+    """A data pattern with its {macro}s expanded, checked to compile."""
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in macros:
@@ -236,17 +236,46 @@ def expand(pattern: str, macros: dict[str, str], file: str, place: str) -> re.Pa
 
     text = re.sub(r"\{([a-z_]+)\}", sub, pattern)
     try:
-        return re.compile(rf"(?<![\w])(?:{text})(?![\w])", re.IGNORECASE)
+        re.compile(text)
     except re.error as exc:
         raise KnowledgeError(file, place, f"invalid pattern: {exc}") from None
+    return text
+
+
+def expand(pattern: str, macros: dict[str, str], file: str, place: str) -> re.Pattern[str]:
+    """Compile a data pattern: expand {macro}s, match case-insensitively on word boundaries."""
+    text = expand_text(pattern, macros, file, place)
+    return re.compile(rf"(?<![\w])(?:{text})(?![\w])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class CompiledPhrasing:
-    concept: str
-    regex: re.Pattern[str]
+    concept: str | None          # None for a decoy
+    regex: re.Pattern[str]       # anchored form: matched at a position where the group found a hit
     certainty: str | None
     also: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PhrasingGroup:
+    """All phrasings of one concept (or all decoys) in one alternation: one scan of the text per concept; at each
+    hit the members are tried in place so the longest phrasing wins, whatever the order in the file."""
+
+    scan: re.Pattern[str]
+    members: tuple[CompiledPhrasing, ...]
+
+
+def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...]]],
+           values: list[str] | None = None) -> PhrasingGroup:
+    alternation = "|".join(f"(?:{text})" for text, _, _ in items)
+    return PhrasingGroup(
+        scan=re.compile(rf"(?<![\w])(?:{alternation})(?![\w])", re.IGNORECASE),
+        members=tuple(
+            CompiledPhrasing(values[n] if values else concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE),
+                             certainty, also)
+            for n, (text, certainty, also) in enumerate(items)
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -256,11 +285,10 @@ class Compiled:
     catalogue: ConceptCatalogue
     nlp: NlpRules
     context: ContextRules
-    phrasings: tuple[CompiledPhrasing, ...]
-    decoys: tuple[re.Pattern[str], ...]
-    laterality: tuple[tuple[str, re.Pattern[str]], ...]
-    severity: tuple[tuple[str, re.Pattern[str]], ...]
-    sites: tuple[tuple[str, re.Pattern[str]], ...]
+    groups: tuple[PhrasingGroup, ...]       # decoys first, then one per concept
+    laterality: PhrasingGroup       # member.concept holds the value (left, mild, si_joint ...)
+    severity: PhrasingGroup
+    sites: PhrasingGroup
     clause_breaks: re.Pattern[str]
     measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
     deep_phrase: re.Pattern[str]
@@ -269,6 +297,7 @@ class Compiled:
     t1: re.Pattern[str]
     fluid_sensitive: re.Pattern[str]
     code_index: dict[tuple[str, str], str]        # (system, code) -> concept id
+    by_id: dict[str, Concept]
     report_codes: dict[str, ReportCode]
 
 
@@ -283,11 +312,13 @@ def compiled() -> Compiled:
     nlp = load_model(NLP_FILE, NlpRules)
     context = load_model(CONTEXT_FILE, ContextRules)
     macros = nlp.macros
-    phrasings = []
+    groups = [_group(None, [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, ())
+                            for n, p in enumerate(nlp.decoys)])]
     for i, concept in enumerate(catalogue.concepts):
-        for j, rule in enumerate(concept.phrasing_rules):
-            regex = expand(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}")
-            phrasings.append(CompiledPhrasing(concept.id, regex, rule.certainty, rule.also))
+        groups.append(_group(concept.id, [
+            (expand_text(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}"), rule.certainty, rule.also)
+            for j, rule in enumerate(concept.phrasing_rules)
+        ]))
     known = catalogue.ids()
     for k, rule in enumerate(nlp.measurements):
         for concept_id in rule.applies_to:
@@ -304,16 +335,20 @@ def compiled() -> Compiled:
             for n, item in enumerate(items)
         )
 
+    def lexicon(items: tuple[ValuedPattern, ...], section: str) -> PhrasingGroup:
+        # One alternation per lexicon: a single scan of the sentence, longest member at each hit.
+        return _group(None, [(expand_text(item.pattern, macros, NLP_FILE, f"{section}.{n}"), None, ())
+                             for n, item in enumerate(items)], values=[item.value for item in items])
+
     code_index = {(c.system, c.code): concept.id for concept in catalogue.concepts for c in concept.codes}
     return Compiled(
         catalogue=catalogue,
         nlp=nlp,
         context=context,
-        phrasings=tuple(phrasings),
-        decoys=tuple(expand(p, macros, NLP_FILE, f"decoys.{n}") for n, p in enumerate(nlp.decoys)),
-        laterality=valued(nlp.laterality, "laterality"),
-        severity=valued(nlp.severity, "severity"),
-        sites=valued(nlp.sites, "sites"),
+        groups=tuple(groups),
+        laterality=lexicon(nlp.laterality, "laterality"),
+        severity=lexicon(nlp.severity, "severity"),
+        sites=lexicon(nlp.sites, "sites"),
         clause_breaks=re.compile(nlp.clause_breaks, re.IGNORECASE),
         measurements=tuple(
             (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))
@@ -325,5 +360,6 @@ def compiled() -> Compiled:
         t1=expand(nlp.sequences.t1, macros, NLP_FILE, "sequences.t1"),
         fluid_sensitive=expand(nlp.sequences.fluid_sensitive, macros, NLP_FILE, "sequences.fluid_sensitive"),
         code_index=code_index,
+        by_id=catalogue.by_id(),
         report_codes={r.loinc: r for r in nlp.report_codes},
     )

@@ -3,6 +3,7 @@ negation, uncertainty, history and hypotheticals, then laterality, severity, sit
 sentence. All phrasings and modifiers are data (hooks/knowledge); this module holds only the engine."""
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import threading
@@ -11,7 +12,9 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterable
 
-from hooks.findings.catalogue import Compiled, compiled
+import numpy
+
+from hooks.findings.catalogue import Compiled, PhrasingGroup, compiled
 from hooks.model import Evidence, Finding
 
 LESS_THAN = frozenset({"<", "<=", "≤", "less than", "under"})
@@ -60,9 +63,11 @@ class _Pipeline:
     def doc(self, text: str, targets: list[_Target]) -> Any:
         doc = self.nlp.make_doc(text)
         doc = self.sentencizer(doc)
-        for i, token in enumerate(doc[:-1]):
-            if "\n" in token.text or "\n" in token.whitespace_:
-                doc[i + 1].is_sent_start = True
+        if "\n" in text:           # a line break ends a sentence (headings, numbered impressions)
+            for pos in (i for i, ch in enumerate(text) if ch == "\n"):
+                span = doc.char_span(pos + 1, len(text), alignment_mode="expand") if pos + 1 < len(text) else None
+                if span is not None and span.start > 0:
+                    doc[span.start].is_sent_start = True
         spans = []
         last_token = -1
         for target in targets:
@@ -85,16 +90,9 @@ def pipeline() -> _Pipeline:
 def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     """Phrasing and decoy matches, overlaps resolved longest first (a decoy or a longer phrase wins)."""
     candidates: list[_Target] = []
-    order = 0
-    for regex in rules.decoys:
-        for m in regex.finditer(text):
-            candidates.append(_Target(None, m.start(), m.end(), None, (), order))
-        order += 1
-    for phrasing in rules.phrasings:
-        for m in phrasing.regex.finditer(text):
-            if m.end() > m.start():
-                candidates.append(_Target(phrasing.concept, m.start(), m.end(), phrasing.certainty, phrasing.also, order))
-        order += 1
+    for order, group in enumerate(rules.groups):
+        for start, end, member in _longest(group, text):
+            candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order))
     candidates.sort(key=lambda t: (-(t.end - t.start), t.order, t.start))
     taken: list[_Target] = []
     for cand in candidates:
@@ -104,17 +102,21 @@ def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     return taken
 
 
-def _mentions(kind: str, lexicon: Iterable[tuple[str, re.Pattern[str]]], text: str) -> list[_Mention]:
-    found: list[_Mention] = []
-    for value, regex in lexicon:
-        for m in regex.finditer(text):
-            found.append(_Mention(kind, value, m.start(), m.end()))
-    found.sort(key=lambda x: (-(x.end - x.start), x.start))
-    kept: list[_Mention] = []
-    for cand in found:
-        if all(cand.end <= k.start or cand.start >= k.end for k in kept):
-            kept.append(cand)
-    return kept
+def _longest(group: PhrasingGroup, text: str) -> Iterable[tuple[int, int, Any]]:
+    """(start, end, member) of a group's hits, the longest member at each hit."""
+    for hit in group.scan.finditer(text):
+        start = hit.start()
+        best: tuple[int, Any] | None = None
+        for member in group.members:
+            m = member.regex.match(text, start)
+            if m is not None and (best is None or m.end() > best[0]):
+                best = (m.end(), member)
+        if best is not None and best[0] > start:
+            yield start, best[0], best[1]
+
+
+def _mentions(kind: str, group: PhrasingGroup, text: str) -> list[_Mention]:
+    return [_Mention(kind, member.concept, start, end) for start, end, member in _longest(group, text)]
 
 
 def _gap(mention: _Mention, start: int, end: int) -> int:
@@ -191,15 +193,12 @@ def _clean(sentence: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _sentence_findings(sent: Any, reference: str, element: str | None, rules: Compiled,
+def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str | None, rules: Compiled,
                        targets: list[_Target]) -> list[Finding]:
-    catalogue = rules.catalogue.by_id()
+    catalogue = rules.by_id
     text = sent.text
     offset = sent.start_char
     breaks = [m.start() for m in rules.clause_breaks.finditer(text)]
-    ents = [e for e in sent.ents]
-    if not ents:
-        return []
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
     lateralities = _mentions("laterality", rules.laterality, text)
     sides = {m.value for m in lateralities} & {"left", "right"}
@@ -352,11 +351,20 @@ def findings_from_text(text: str, reference: str, element: str | None = None) ->
     pipe = pipeline()
     with pipe.lock:
         doc = pipe.doc(text, targets)
+        # Sentence boundaries from one array read (Doc.sents walks every token in Python for each sentence).
+        starts = [int(i) for i in numpy.flatnonzero(doc.to_array("SENT_START") == 1)] or [0]
+        if starts[0] != 0:
+            starts.insert(0, 0)
+        by_sentence: dict[int, list[Any]] = {}
+        for ent in doc.ents:
+            by_sentence.setdefault(bisect.bisect_right(starts, ent.start) - 1, []).append(ent)
         findings: list[Finding] = []
-        for n, sent in enumerate(doc.sents):
+        for n in sorted(by_sentence):
             if n >= limits.max_sentences:
                 break
-            findings.extend(_sentence_findings(sent, reference, element, rules, targets))
+            end = starts[n + 1] if n + 1 < len(starts) else len(doc)
+            findings.extend(_sentence_findings(doc[starts[n]:end], by_sentence[n], reference, element, rules,
+                                               targets))
     result = tuple(findings)
     TEXT_CACHE.put(key, result)
     return result
