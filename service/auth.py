@@ -241,6 +241,7 @@ def keys_by_kid(jwks: Any) -> dict[str, PublicKey]:
 class _CachedKeys:
     keys: dict[str, PublicKey] = field(default_factory=dict)
     fetched_at: float = float("-inf")
+    succeeded_at: float = float("-inf")
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -260,7 +261,7 @@ class KeyStore:
         self.refetch_min_seconds = refetch_min_seconds
         self.fetch_timeout = fetch_timeout
         self.clock = clock
-        self.session = session or requests.Session()
+        self.session = session             # None: a fresh connection per fetch (sessions are not thread-safe)
         self._cache: dict[str, _CachedKeys] = {}
         self._inline: dict[str, dict[str, PublicKey]] = {}
         self._guard = threading.Lock()
@@ -298,22 +299,41 @@ class KeyStore:
         return key
 
     def _refresh(self, url: str, entry: _CachedKeys) -> None:
-        entry.fetched_at = self.clock()   # failures count too: a dead key server is not hammered
+        now = self.clock()
+        entry.fetched_at = now            # failures count too: a dead key server is not hammered
         self.fetch_count += 1
         try:
-            response = self.session.get(
-                url, timeout=self.fetch_timeout, headers={"Accept": "application/json"}, stream=True,
-                allow_redirects=False,
-            )
-            body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
-            response.close()
-            if response.status_code != 200 or len(body) > MAX_JWKS_BYTES:
-                raise ValueError("unusable JWKS response")
-            entry.keys = keys_by_kid(json.loads(body))
+            entry.keys = keys_by_kid(json.loads(self._download(url)))
+            entry.succeeded_at = now
             log.info("jwks_fetched", extra={"fetched_keys": len(entry.keys)})
         except (requests.RequestException, ValueError, TypeError) as exc:
-            # keep serving the keys we had: a key server hiccup must not lock every EHR out
+            # keep serving the keys we had (a key server hiccup must not lock every EHR out), but not for ever:
+            # a key the issuer revoked while its server was down must stop working at some point
+            if now - entry.succeeded_at > max(12 * self.cache_seconds, 3600.0):
+                entry.keys = {}
             log.warning("jwks_fetch_failed", extra={"reason": type(exc).__name__})
+
+    def _download(self, url: str) -> bytes:
+        """The JWK Set document: bounded in size and, as a whole, in time (a dripping server cannot hold us)."""
+        started = time.monotonic()
+        response = (self.session or requests).get(
+            url,
+            timeout=self.fetch_timeout,
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            stream=True,
+            allow_redirects=False,
+        )
+        with response:
+            if response.status_code != 200:
+                raise ValueError("JWKS answer is not 200")
+            body = b""
+            for chunk in response.iter_content(16 * 1024):
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS answer too large")
+                if time.monotonic() - started > self.fetch_timeout:
+                    raise ValueError("JWKS answer too slow")
+        return body
 
 
 # ----------------------------------------------------------------------------------------------------------------

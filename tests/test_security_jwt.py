@@ -479,17 +479,17 @@ class _FakeResponse:
     status_code = 200
 
     def __init__(self, document):
-        import io
+        self.body = json.dumps(document).encode()
 
-        self.raw = io.BytesIO(json.dumps(document).encode())
-        self.raw.read = _read_ignoring_kwargs(self.raw.read)
+    def iter_content(self, size):
+        for start in range(0, len(self.body), size):
+            yield self.body[start:start + size]
 
-    def close(self):
-        return None
+    def __enter__(self):
+        return self
 
-
-def _read_ignoring_kwargs(read):
-    return lambda n=-1, **kwargs: read(n)
+    def __exit__(self, *exc):
+        return False
 
 
 def test_verifier_order_issuer_checked_before_signature():
@@ -502,3 +502,41 @@ def test_verifier_order_issuer_checked_before_signature():
     with pytest.raises(AuthError) as caught:
         verifier.verify("Bearer " + mint(_other_ec(), aud, aud="https://x.example"), aud)
     assert caught.value.reason == "audience_mismatch"
+
+
+def test_keys_outlive_a_short_key_server_outage_but_not_a_long_one():
+    now = [0.0]
+    answers = [jwks(EC)]
+
+    class Session:
+        def get(self, url, **kwargs):
+            if not answers:
+                raise __import__("requests").ConnectionError("down")
+            return _FakeResponse(answers.pop())
+
+    store = KeyStore(cache_seconds=300, refetch_min_seconds=30, clock=lambda: now[0], session=Session())
+    issuer = parse_trusted_issuers([{"iss": ISSUER, "jwks_url": JWKS_URL}], "t")[ISSUER]
+    store.key_for(issuer, EC.kid, None)
+    now[0] += 301
+    assert store.key_for(issuer, EC.kid, None)            # server down, cache stale: keys kept
+    now[0] += 3600
+    with pytest.raises(AuthError):
+        store.key_for(issuer, EC.kid, None)               # down for over an hour: keys dropped
+
+
+@responses.activate
+def test_oversized_jwks_answer_is_not_used(tmp_path):
+    huge = jwks(EC)
+    huge["padding"] = "x" * (300 * 1024)
+    responses.get(JWKS_URL, json=huge)
+    client = make_app(tmp_path, [{"iss": ISSUER, "jwks_url": JWKS_URL}]).test_client()
+    assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)))
+
+
+@responses.activate
+def test_jwks_redirect_is_not_followed(tmp_path):
+    responses.get(JWKS_URL, status=302, headers={"Location": "https://attacker.example/jwks.json"})
+    responses.get("https://attacker.example/jwks.json", json=jwks(EC))
+    client = make_app(tmp_path, [{"iss": ISSUER, "jwks_url": JWKS_URL}]).test_client()
+    assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)))
+    assert [c.request.url for c in responses.calls] == [JWKS_URL]
