@@ -229,13 +229,14 @@ def test_dockerfile_installs_what_ci_installs():
     assert "deploy/postgres-dev.sh" in ci_text and "TEST_POSTGRES_URL" in ci_text
 
 
-def test_gunicorn_config_loads_from_deploy_and_package():
+def test_gunicorn_config_loads_from_deploy_and_package(tmp_path):
     probe = (
         "import json, runpy; c = runpy.run_path('deploy/gunicorn.conf.py');"
         "print(json.dumps({k: c[k] for k in ('workers', 'timeout', 'preload_app', 'wsgi_app', 'threads', 'control_socket_disable')}"
         " | {'hooks': [k for k in ('post_fork', 'child_exit', 'when_ready', 'on_exit') if callable(c.get(k))]}))"
     )
-    env = {"WEB_CONCURRENCY": "3", "FHIR_FETCH_DEADLINE_SECONDS": "10", "PATH": "/usr/bin:/bin"}
+    env = {"WEB_CONCURRENCY": "3", "FHIR_FETCH_DEADLINE_SECONDS": "10", "PATH": "/usr/bin:/bin",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -247,15 +248,15 @@ def test_gunicorn_config_loads_from_deploy_and_package():
 
 
 def test_worker_count_and_timeout_rules(monkeypatch):
-    from service import gunicorn_conf
+    from service import production
 
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    assert gunicorn_conf.default_workers(cpus=1) == 3
-    assert gunicorn_conf.default_workers(cpus=16) == 8
+    assert production.default_workers(cpus=1) == 3
+    assert production.default_workers(cpus=16) == 8
     monkeypatch.setenv("WEB_CONCURRENCY", "5")
-    assert gunicorn_conf.default_workers(cpus=1) == 5
-    assert gunicorn_conf.request_timeout(4.0) == 30
-    assert gunicorn_conf.request_timeout(20.0) > 20
+    assert production.default_workers(cpus=1) == 5
+    assert production.request_timeout(4.0) == 30
+    assert production.request_timeout(20.0) > 20
 
 
 def test_production_command_line():
