@@ -4,9 +4,12 @@ carry the code-verification extension."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import orjson
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
@@ -27,6 +30,30 @@ class OrderContext:
     now: dt.datetime
     intent: str                      # "proposal" (patient-view) or "order" (order-select / order-sign)
     reason: str | None               # Condition/x or DiagnosticReport/y
+
+
+# Validated-and-dumped resources by content. Building one costs milliseconds (R4B validation and fhir_core's
+# dump); the same draft for the same patient, user and day comes back at every hook of an ordering session.
+_BUILT: OrderedDict[bytes, bytes] = OrderedDict()
+_BUILT_LOCK = threading.Lock()
+_BUILT_MAX = 2048
+
+
+def _validated(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """`model.model_validate(data).model_dump(mode="json")`, computed once per distinct content; a new dict each
+    call so callers may change it."""
+    key = model.__name__.encode() + b"\0" + orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    with _BUILT_LOCK:
+        built = _BUILT.get(key)
+        if built is not None:
+            _BUILT.move_to_end(key)
+    if built is None:
+        built = orjson.dumps(model.model_validate(data).model_dump(mode="json"))
+        with _BUILT_LOCK:
+            _BUILT[key] = built
+            while len(_BUILT) > _BUILT_MAX:
+                _BUILT.popitem(last=False)
+    return orjson.loads(built)
 
 
 def coding_json(coding: Coding) -> dict[str, Any]:
@@ -96,7 +123,7 @@ def medication_request(drug_id: str, dosing_key: str, ctx: OrderContext, k: Clin
     when = reassess_date(dosing, ctx.now)
     if when:
         data["note"] = [{"text": reassess_note.format(date=when)}]
-    return MedicationRequest.model_validate(data).model_dump(mode="json")
+    return _validated(MedicationRequest, data)
 
 
 def service_request(service_id: str, ctx: OrderContext, k: ClinicalKnowledge, priority: str = "routine") -> dict[str, Any]:
@@ -107,7 +134,7 @@ def service_request(service_id: str, ctx: OrderContext, k: ClinicalKnowledge, pr
     data["priority"] = priority
     if service.note:
         data["note"] = [{"text": service.note}]
-    return ServiceRequest.model_validate(data).model_dump(mode="json")
+    return _validated(ServiceRequest, data)
 
 
 def create(resource: Mapping[str, Any], description: str) -> dict[str, Any]:
