@@ -458,7 +458,7 @@ class JwtVerifier:
             tenant = claims.get("tenant")
             if tenant is None:
                 raise AuthError("missing_claim")
-            if tenant not in issuer.tenants:
+            if not isinstance(tenant, str) or tenant not in issuer.tenants:
                 raise AuthError("tenant_not_allowed")
         jti = claims.get("jti")
         if jti is None:

@@ -279,6 +279,8 @@ def test_tenant_allowlist(tmp_path):
     client = make_app(tmp_path, [{"iss": ISSUER, "jwks": jwks(EC), "tenants": ["north", "south"]}]).test_client()
     assert call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, tenant="north")).status_code == 200
     assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, tenant="west")))
+    assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, tenant=["north"])))
+    assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY, tenant={"id": "north"})))
     assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)))
 
 
