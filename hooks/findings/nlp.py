@@ -53,8 +53,10 @@ class _Pipeline:
         self.sentencizer = self.nlp.add_pipe("sentencizer")
         self.context = ConText(self.nlp, rules=None, span_attrs=None)
         for group in rules.context.rules:
+            # One-word literals go to the token matcher, phrases to the phrase matcher (same lower-case match).
             self.context.add([
-                ConTextRule(literal, group.category, direction=group.direction, max_scope=group.max_scope)
+                ConTextRule(literal, group.category, direction=group.direction, max_scope=group.max_scope,
+                            pattern=[{"LOWER": literal.lower()}] if literal.isalpha() else None)
                 for literal in group.literals
             ])
         # ConText/spaCy objects are not documented as thread-safe; gunicorn threads share this pipeline.
