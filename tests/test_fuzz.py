@@ -10,11 +10,13 @@ import json
 import os
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import create_app
-from test_security_helpers import SERVICE_IDS, hook_request
+from service.auth import AuthError, JwtVerifier, KeyStore, parse_trusted_issuers
+from test_security_helpers import ISSUER, SERVICE_IDS, claims, ec_key, hook_request, jwks, mint_raw
 
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 FUZZ = settings(
@@ -159,8 +161,6 @@ def test_feedback_items_with_one_field_replaced(client, service_id, data):
 
 # --- JWTs: any header and claim values, correctly signed, end in a verdict (AuthError), never an exception ---------
 
-from service.auth import AuthError, JwtVerifier, KeyStore, parse_trusted_issuers  # noqa: E402
-from test_security_helpers import ISSUER, claims, ec_key, jwks, mint_raw  # noqa: E402
 
 JWT_KEY = ec_key()
 AUDIENCE = "http://localhost/cds-services"
@@ -177,7 +177,7 @@ def verifier():
 
 class _NoNetwork:
     def get(self, url, **kwargs):
-        raise __import__("requests").ConnectionError("no network in fuzzing")
+        raise requests.ConnectionError("no network in fuzzing")
 
 
 @settings(FUZZ, max_examples=800 * SCALE)
