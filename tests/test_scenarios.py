@@ -30,7 +30,20 @@ RXNORM, SNOMED, LOINC = SYSTEMS["rxnorm"], SYSTEMS["snomed"], SYSTEMS["loinc"]
 
 # Expectations the engine does not meet yet: (request name) -> the bug, for the team to fix (see the report).
 # Only the expectation test is marked; the golden test records what the engine does today.
-KNOWN_ENGINE_BUGS: dict[str, str] = {}
+_LABRAL_NLP = ("findings (hooks/knowledge/concepts.yaml labral_calcification phrasings): 'calcification in the region "
+               "of the right acetabular labrum' is not recognised when a laterality word precedes 'acetabular "
+               "labrum', so pathway B never starts")
+KNOWN_ENGINE_BUGS: dict[str, str] = {
+    "10_b_labral_calcification_hip_pain__patient-view": _LABRAL_NLP + "; and pathway B steps go by pain duration "
+        "only: 3 weeks of pain jumps to physiotherapy although the ibuprofen course (step 1) was never given",
+    "11_b_labral_calcification_no_symptom__patient-view": _LABRAL_NLP,
+    "12_b_labral_calcification_nsaid_allergy__patient-view": _LABRAL_NLP + "; (with the finding recognised, the "
+        "card is the physiotherapy step and never names the NSAID allergy)",
+    "13_b_persistent_pain_mr_arthrography__patient-view": _LABRAL_NLP,
+    "47_e_tbmes_refractory_vitd_missing__patient-view": "pathway E tbmes_refractory orders denosumab in the same "
+        "suggestion as the vitamin D and calcium tests; seed 004 says denosumab only after they are checked "
+        "(hypocalcaemia risk), so with no results on record the card should order the tests and hold denosumab",
+}
 
 # -- what a suggestion is, by kind ---------------------------------------------------------------------------------
 # Drug kinds by RxNorm code (ingredient and clinical-drug codes of ../shared/reference/codes-verified.md) and by name.
