@@ -55,6 +55,42 @@ def machine_facts() -> list[tuple[str, str]]:
     ]
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its waited-for children (the gunicorn servers, the cold-start interpreters)."""
+    import resource
+
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+class MachineShare:
+    """How much of the machine other processes used while the benchmark ran: the noise behind the numbers."""
+
+    def __init__(self) -> None:
+        self.busy, self.total = cpu_jiffies()
+        self.own = own_cpu_seconds()
+
+    def summary(self) -> dict[str, float]:
+        busy, total = cpu_jiffies()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpus = os.cpu_count() or 1
+        wall = (total - self.total) / ticks / cpus
+        busy_s = (busy - self.busy) / ticks
+        own = own_cpu_seconds() - self.own
+        return {"cpu_capacity_s": wall * cpus, "busy_s": busy_s, "own_s": own,
+                "others_s": max(busy_s - own, 0.0), "load_end": os.getloadavg()[0]}
+
+
 class Report:
     def __init__(self, title: str) -> None:
         self.lines: list[str] = [f"# {title}", ""]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import floor, inprocess, profiling, server, stages, workload
-from .report import LATENCY_HEADER, Report, latency_row, machine_facts, ratio, verdict
+from .report import LATENCY_HEADER, MachineShare, Report, latency_row, machine_facts, ratio, verdict
 from .stats import Series, fmt_ms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     facts = machine_facts()
+    share = MachineShare()
     with tempfile.TemporaryDirectory(prefix="msk-cds-bench-") as tmp_name:
         results = measure(plan, Path(tmp_name), http=not args.skip_http)
     results["elapsed_s"] = time.perf_counter() - started
+    results["machine_share"] = share.summary()
     text = render(plan, facts, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
@@ -134,6 +136,7 @@ def measure(plan: Plan, tmp: Path, http: bool) -> dict[str, Any]:
     log("cold start of a fresh interpreter (in-process, step by step)")
     results["cold_in_process"] = server.cold_start_in_process(tmp)
     results["import_time"] = import_times()
+    results["create_app_profile"] = server.profile_create_app(tmp)
 
     if http:
         results["http"] = []
@@ -199,7 +202,18 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
     rep = Report("MSK CDS service: benchmark")
     rep.text(f"Run: `.venv/bin/python tests/benchmarks{' --quick' if plan.name == 'quick' else ''}` "
              f"({plan.name} plan), {r['elapsed_s']:.0f} s in all.")
+    share = r["machine_share"]
+    capacity = share["cpu_capacity_s"] or float("nan")
+    facts = [*facts,
+             ("load average at end (1 min)", f"{share['load_end']:.2f}"),
+             ("CPU used during the run", f"this benchmark (with its servers) {share['own_s']:.0f} s, **other processes "
+              f"{share['others_s']:.0f} s ({100 * share['others_s'] / capacity:.0f}% of the machine)**, of "
+              f"{capacity:.0f} CPU-seconds available")]
     rep.table(["machine", "value"], [[k, v] for k, v in facts])
+    if share["others_s"] > 0.15 * capacity:
+        rep.text(f"**Caution: other processes used {100 * share['others_s'] / capacity:.0f}% of the CPU during this "
+                 "run; latencies and throughput are inflated accordingly. Re-run on a quiet machine for numbers to "
+                 "hold the service to.**")
     rep.text(
         f"Typical chart: fixture scenario `{workload.BASE_SCENARIO}` (persistent left sacroiliitis after two NSAIDs, "
         f"TB/HBV screening present) padded with an older problem list, a lab series, medication history and an "
@@ -381,13 +395,21 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
     if "error" not in cold:
         rep.text("A fresh interpreter building the app and answering through the test client, step by step "
                  f"(first invoke status {cold['status']}):")
+        names = {"import": "import service", "create_app": "create_app (knowledge, models, NLP, warm-up)",
+                 "first_discovery": "first discovery", "first_invoke": "first patient-view (typical chart)",
+                 "interpreter_and_exit": "interpreter start and exit"}
         rep.table(["fresh interpreter step", "seconds"],
-                  [[k, f"{v:.3f}"] for k, v in cold.items() if k not in ("status", "total")] +
+                  [[names.get(k, k), f"{v:.3f}"] for k, v in cold.items() if k not in ("status", "total")] +
                   [["total (spawn to exit)", f"{cold['total']:.3f}"]])
     else:
         rep.text(f"In-process cold start failed: {cold['error']}")
     if r.get("import_time"):
         rep.text("Slowest top-level imports while building the app (`python -X importtime`, cumulative): " + ", ".join(f"{name} {sec:.2f} s" for name, sec in r["import_time"]) + ".")
+    if r.get("create_app_profile"):
+        rep.text("Where `create_app` spends its time in a fresh interpreter (cProfile, imports included; "
+                 "cumulative, so nested rows overlap):")
+        rep.table(["function", "cumulative s", "self s"],
+                  [[f"`{name}`", f"{cum:.2f}", f"{tot:.2f}"] for cum, tot, name in r["create_app_profile"]])
     mem_rows = []
     worst_rss = float("nan")
     for server_run in http or ():

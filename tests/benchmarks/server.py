@@ -286,3 +286,34 @@ def cold_start_in_process(tmp: Path) -> dict[str, Any]:
     steps["interpreter_and_exit"] = total - sum(v for k, v in steps.items() if k != "status")
     steps["total"] = total
     return steps
+
+
+_CREATE_APP_PROFILE_CHILD = r"""
+import cProfile, json, pstats, sys
+profiler = cProfile.Profile()
+profiler.enable()
+from service import create_app
+create_app({"AUTH_DISABLED": True, "DATABASE_URL": sys.argv[1]})
+profiler.disable()
+rows = []
+for (filename, line, func), (_, _, tottime, cumtime, _) in pstats.Stats(profiler).stats.items():
+    if "/work/main/" in filename or "/site-packages/" in filename:
+        where = filename.split("/site-packages/")[-1].split("/work/main/")[-1]
+        rows.append((cumtime, tottime, f"{where}:{line}({func})"))
+rows.sort(reverse=True)
+print("BENCH " + json.dumps(rows[:60]))
+"""
+
+
+def profile_create_app(tmp: Path, top: int = 14) -> list[tuple[float, float, str]]:
+    """Functions of ours and of libraries with the most cumulative time while a fresh interpreter builds the app
+    (imports included), skipping import machinery frames."""
+    argv = [sys.executable, "-c", _CREATE_APP_PROFILE_CHILD, f"sqlite:///{tmp / 'profile-cold.sqlite3'}"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LOG_LEVEL": "WARNING"})
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        return []
+    rows = [tuple(r) for r in json.loads(line[6:])]
+    useful = [r for r in rows if "<module>" not in r[2] and "importlib" not in r[2] and "create_app" not in r[2]]
+    return useful[:top]  # type: ignore[return-value]
