@@ -82,7 +82,7 @@ def invoke(service_id: str) -> Response:
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)
     g.cds_card_count = len(cards)
-    logs.annotate(system_actions=len(result.system_actions))
+    logs.annotate(system_actions=len(result.system_actions), skipped_resources=len(record.skipped))
     return json_response(payload)
 
 

@@ -32,6 +32,7 @@ FIELDS = (
     "system_actions",
     "fetched_keys",
     "unavailable_keys",
+    "skipped_resources",
     "stored",
     "iss",
     "jti",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 
@@ -383,7 +384,7 @@ def test_bad_fhir_in_draft_orders_is_never_a_500(client, service_id, bad):
     assert_not_500(post_raw(client, f"/cds-services/{service_id}", json.dumps(request)))
 
 
-def test_a_bad_resource_among_good_ones_is_skipped_not_fatal(client):
+def test_a_bad_resource_among_good_ones_is_skipped_not_fatal(client, caplog):
     prefetch = full_prefetch()
     prefetch["conditions"] = {
         "resourceType": "Bundle",
@@ -392,8 +393,12 @@ def test_a_bad_resource_among_good_ones_is_skipped_not_fatal(client):
                   {"resource": {"resourceType": "Condition", "id": "ok", "subject": {"reference": "Patient/pat-1"},
                                 "code": {"text": "sacroiliitis"}}}],
     }
-    response = post_raw(client, INVOKE, json.dumps(hook_request(SERVICE_IDS[0], prefetch)))
+    with caplog.at_level(logging.INFO, logger="service.request"):
+        response = post_raw(client, INVOKE, json.dumps(hook_request(SERVICE_IDS[0], prefetch)))
     assert response.status_code == 200
+    # said so: the request log line counts what was skipped (never what it contained)
+    line = next(r for r in caplog.records if r.getMessage() == "request")
+    assert line.skipped_resources >= 1
 
 
 # --- methods and paths ------------------------------------------------------------------------------------------
