@@ -20,7 +20,7 @@ from hooks.findings import (
     warm_up,
 )
 from hooks.findings.catalogue import ConceptCatalogue
-from hooks.findings.report import REPORT_CACHE, _attachment_text
+from hooks.findings.report import REPORT_CACHE, _attachment_text, clear_caches
 from hooks.knowledge import SYSTEMS, load_yaml
 from hooks.record import PatientRecord
 
@@ -342,8 +342,10 @@ def test_coded_findings_carry_code_and_display() -> None:
 
 
 def test_cache_returns_equal_results_and_sees_changes() -> None:
-    REPORT_CACHE.clear()
-    first = findings_from_report(report(conclusion=TYPICAL_TEXT))
+    clear_caches()
+    model = report(conclusion=TYPICAL_TEXT)
+    first = findings_from_report(model)
+    assert findings_from_report(model) is first                        # the same model: found by identity
     again = findings_from_report(report(conclusion=TYPICAL_TEXT))      # a new model with the same content
     assert again == first and REPORT_CACHE.hits == 1
     changed = findings_from_report(report(conclusion=TYPICAL_TEXT.replace("No erosions", "Small erosions")))

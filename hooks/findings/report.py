@@ -7,6 +7,7 @@ import binascii
 import codecs
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Iterator
 
@@ -168,14 +169,47 @@ def _content_key(report: Any) -> bytes | None:
                            digest_size=16).digest()
 
 
+# Validated models are shared across requests (hooks.record caches them by content), so the same model object
+# arriving again is found by identity without serialising it. Entries go when the model is collected. Models are
+# treated as immutable here, as everywhere in hooks/.
+_BY_MODEL: dict[int, tuple[tuple[Finding, ...], ReportFacts]] = {}
+_BY_MODEL_LOCK = threading.Lock()
+MAX_BY_MODEL = 8192
+
+
+def _forget(model_id: int) -> None:
+    with _BY_MODEL_LOCK:
+        _BY_MODEL.pop(model_id, None)
+
+
 def findings_from_report(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
     """The findings of one DiagnosticReport (coded conclusion, then text) and its ReportFacts."""
+    model_id = id(report)
+    known = _BY_MODEL.get(model_id)
+    if known is not None:
+        return known
     key = _content_key(report)
-    if key is not None:
-        cached = REPORT_CACHE.get(key)
-        if cached is not None:
-            return cached
-    result = _extract(report)
-    if key is not None:
-        REPORT_CACHE.put(key, result)
+    result = REPORT_CACHE.get(key) if key is not None else None
+    if result is None:
+        result = _extract(report)
+        if key is not None:
+            REPORT_CACHE.put(key, result)
+    with _BY_MODEL_LOCK:
+        if len(_BY_MODEL) >= MAX_BY_MODEL:
+            return result       # full: the content cache still serves it
+        try:
+            weakref.finalize(report, _forget, model_id)
+        except TypeError:
+            return result       # not weak-referenceable
+        _BY_MODEL[model_id] = result
     return result
+
+
+def clear_caches() -> None:
+    """Forget every cached extraction (benchmarks and tests measure the cold path with it)."""
+    from hooks.findings.nlp import TEXT_CACHE
+
+    with _BY_MODEL_LOCK:
+        _BY_MODEL.clear()
+    REPORT_CACHE.clear()
+    TEXT_CACHE.clear()

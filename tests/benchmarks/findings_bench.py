@@ -12,8 +12,7 @@ from typing import Callable
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from hooks.findings import findings_from_report, findings_from_text, warm_up
-from hooks.findings.nlp import TEXT_CACHE
-from hooks.findings.report import REPORT_CACHE
+from hooks.findings.report import clear_caches
 
 TYPICAL_REPORT = (
     "MRI SACROILIAC JOINTS\n"
@@ -55,13 +54,8 @@ def measure(call: Callable[[], object], runs: int, before: Callable[[], None] | 
 def summary(name: str, times: list[float]) -> str:
     ordered = sorted(times)
     p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    return (f"{name:44} median {statistics.median(times):7.3f} ms   p95 {p95:7.3f} ms   "
-            f"min {ordered[0]:7.3f} ms   (n={len(times)})")
-
-
-def clear() -> None:
-    TEXT_CACHE.clear()
-    REPORT_CACHE.clear()
+    return (f"{name:44} median {statistics.median(times):8.4f} ms   p95 {p95:8.4f} ms   "
+            f"min {ordered[0]:8.4f} ms   (n={len(times)})")
 
 
 def main() -> None:
@@ -76,17 +70,17 @@ def main() -> None:
     findings, facts = findings_from_report(report)
     print(f"typical report: {len(TYPICAL_REPORT)} chars, ~{sentences} sentences, {len(findings)} findings, "
           f"modality {facts.modality}, T1 {facts.t1_sequence}, STIR/T2 {facts.fluid_sensitive_sequence}")
-    measure(lambda: findings_from_report(report), 50, clear)          # settle
+    measure(lambda: findings_from_report(report), 50, clear_caches)          # settle
     print(summary("findings_from_report, cold (no cache)", measure(lambda: findings_from_report(report),
-                                                                   args.runs, clear)))
+                                                                   args.runs, clear_caches)))
     print(summary("findings_from_text, cold (no cache)", measure(
-        lambda: findings_from_text(TYPICAL_REPORT, "DiagnosticReport/bench"), args.runs, clear)))
+        lambda: findings_from_text(TYPICAL_REPORT, "DiagnosticReport/bench"), args.runs, clear_caches)))
     findings_from_report(report)
-    print(summary("findings_from_report, cached (same report)", measure(lambda: findings_from_report(report),
+    print(summary("findings_from_report, cached (same model)", measure(lambda: findings_from_report(report),
                                                                         args.runs)))
-    same_content = typical_report()                                      # a new model with the same content
+    fresh = [typical_report() for _ in range(args.runs)]                 # new models with the same content
     print(summary("findings_from_report, cached (equal content)", measure(
-        lambda: findings_from_report(same_content), args.runs)))
+        lambda: findings_from_report(fresh.pop()), args.runs)))
 
 
 if __name__ == "__main__":
