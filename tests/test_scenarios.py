@@ -392,3 +392,42 @@ def test_order_sign_does_not_repeat_the_order_select_card_for_the_same_draft(sce
     assert shown, "order-select showed no card about the draft: the scenario cannot test the no-repeat rule"
     assert shown & keys(fresh_sign), "order-sign alone (fresh app) should show the card, or the test proves nothing"
     assert not shown & keys(sign_body), f"order-sign repeated {sorted(map(str, shown & keys(sign_body)))}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_suggested_orders_are_draft_coded_dosed_and_reasoned_from_this_record(name: str) -> None:
+    """Issue 4: MedicationRequests are drafts with an RxNorm code, a dosage and a reasonReference; ServiceRequests are
+    drafts with a reasonReference; both for this patient, and every reason points at a resource of the request.
+    Alternatives (at-most-one, more than one suggestion) carry exactly one isRecommended."""
+    _, hook, request = REQUESTS[name]
+    _, body = run(name)
+    patient = f"Patient/{request['context']['patientId']}"
+    known = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+             for key, bundle in request["prefetch"].items() if key != "patient" for e in bundle.get("entry") or ()}
+    known |= {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+              for e in (request["context"].get("draftOrders") or {}).get("entry") or ()}
+    problems = []
+    for card in cards_of(body):
+        rule = extension(card, "org.msk-cds.rule")
+        suggestions = card.get("suggestions") or ()
+        if card.get("selectionBehavior") == "at-most-one" and len(suggestions) > 1:
+            recommended = sum(1 for s in suggestions if s.get("isRecommended"))
+            if recommended != 1:
+                problems.append(f"{rule}: {recommended} recommended alternatives, expected 1")
+        for suggestion in suggestions:
+            for resource in _created_resources(suggestion):
+                where = f"{rule}: {resource['resourceType']}"
+                if resource.get("status") != "draft":
+                    problems.append(f"{where} status {resource.get('status')!r}, expected draft")
+                if (resource.get("subject") or {}).get("reference") != patient:
+                    problems.append(f"{where} is not for {patient}")
+                reasons = [r.get("reference") for r in resource.get("reasonReference") or ()]
+                if not reasons:
+                    problems.append(f"{where} has no reasonReference")
+                problems += [f"{where} reason {r} is not in the request" for r in reasons if r not in known]
+                if resource["resourceType"] == "MedicationRequest":
+                    if not _concept_codes(resource.get("medicationCodeableConcept"), RXNORM):
+                        problems.append(f"{where} has no RxNorm code")
+                    if not resource.get("dosageInstruction"):
+                        problems.append(f"{where} has no dosageInstruction")
+    assert not problems, problems
