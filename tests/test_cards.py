@@ -258,8 +258,8 @@ def test_prolonged_opioid_in_vertebral_fracture_warns():
 def test_biologic_draft_without_screening_adds_the_tests():
     rec = record(conditions=[condition("c", ICD, "M46.1")], reports=[report(SYNOVITIS)],
                  drafts=[draft_med("d1", ADALIMUMAB)])
-    card = order_hook_cards(hook_request("order-sign", rec), selected_only=False).cards[0]
-    assert card["extension"]["org.msk-cds.rule"] == "safety.biologic_screening"
+    cards = order_hook_cards(hook_request("order-sign", rec), selected_only=False).cards
+    card = next(c for c in cards if c["extension"]["org.msk-cds.rule"] == "safety.biologic_screening")
     codes = {a["resource"]["code"]["coding"][0]["code"] for a in card["suggestions"][0]["actions"]}
     assert {"71773-6", "5196-1"} <= codes
 
@@ -275,3 +275,13 @@ def test_a_bad_reference_in_the_knowledge_stops_start_up_with_file_and_place():
     with pytest.raises(KnowledgeError) as err:
         _cross_check(k, None)
     assert err.value.file == "pathways.yaml" and "nsaid_trial" in err.value.place and "aspirine" in err.value.reason
+
+
+def test_biologic_drafted_before_the_nsaid_trial_says_what_comes_first():
+    rec = record(conditions=[condition("c", ICD, "M46.1")], reports=[report(SYNOVITIS)],
+                 meds=[med_request("m", NAPROXEN, 10)], drafts=[draft_med("d1", ADALIMUMAB)])
+    cards = order_hook_cards(hook_request("order-sign", rec), selected_only=False).cards
+    card = next(c for c in cards if c["extension"]["org.msk-cds.rule"] == "order_check.biologic_not_yet_eligible")
+    assert card["indicator"] == "warning" and "NSAID trial" in card["detail"]
+    assert card["suggestions"][-1]["actions"] == [{"type": "delete", "description": card["suggestions"][-1]["actions"][0]["description"],
+                                                   "resourceId": "MedicationRequest/d1"}]

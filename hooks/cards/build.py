@@ -40,8 +40,7 @@ def patient_view_cards(request: HookRequest, k: ClinicalKnowledge | None = None)
 def _selected(drafts: Iterable[Any], selections: Any) -> list[Any]:
     if not isinstance(selections, list):
         return []
-    wanted = {s.rstrip("/").split("/", 2)[-2] + "/" + s.rstrip("/").split("/")[-1]
-              for s in selections if isinstance(s, str) and "/" in s}
+    wanted = {"/".join(s.rstrip("/").split("/")[-2:]) for s in selections if isinstance(s, str) and "/" in s}
     return [d for d in drafts if f"{d.get_resource_type()}/{getattr(d, 'id', None)}" in wanted]
 
 

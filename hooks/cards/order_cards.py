@@ -102,6 +102,8 @@ def order_card(issue: OrderIssue, reason: str | None, cctx: CardContext, k: Clin
         check = issue.check
         summary = check.summary
         lines = [check.detail]
+        if issue.step_title:
+            lines.append(text.current_step.format(step=issue.step_title))
         citations = list(check.citations)
         indicator = "warning"
         suggestions = _fix_suggestions(issue, ctx, cctx, k)

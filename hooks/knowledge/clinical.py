@@ -210,6 +210,7 @@ class Cond(StrictModel):
     possible: str | None = None            # a finding affirmed or reported as uncertain ("concerning for")
     condition: str | None = None
     pathway: str | None = None
+    step_offers: str | None = None         # the current step of an active pathway offers a drug of this class
     fact: str | None = None
     gt: float | None = None
     ge: float | None = None
@@ -221,7 +222,7 @@ class Cond(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Cond":
-        kinds = [k for k in ("finding", "possible", "condition", "pathway", "fact", "all", "any", "not_") if getattr(self, k) is not None]
+        kinds = [k for k in ("finding", "possible", "condition", "pathway", "step_offers", "fact", "all", "any", "not_") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"a condition has exactly one of finding/condition/pathway/fact/all/any/not, got {kinds}")
         comparisons = [k for k in ("gt", "ge", "lt", "le") if getattr(self, k) is not None]
@@ -334,6 +335,7 @@ class CardText(StrictModel):
     guidance_dose: str
     guidance_reassess: str
     order_check_where: str
+    current_step: str
     all_blocked: str
 
 
@@ -414,6 +416,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                 need(node.fact in FACT_NAMES, file, place, f"unknown fact {node.fact!r}")
             if node.condition is not None:
                 need(node.condition in k.value_sets, file, place, f"unknown value set {node.condition!r}")
+            if node.step_offers is not None:
+                need(node.step_offers in DRUG_CLASSES, file, place, f"unknown drug class {node.step_offers!r}")
             if node.pathway is not None:
                 need(node.pathway in pathway_ids, file, place, f"unknown pathway {node.pathway!r}")
             for concept in (node.finding, node.possible):

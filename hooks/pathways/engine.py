@@ -67,6 +67,7 @@ class _Context:
     findings: FindingSet
     facts: PatientFacts
     active_pathways: frozenset[str] = frozenset()
+    offered_classes: frozenset[str] = frozenset()
     unknown_facts: set[str] = field(default_factory=set)
     used_facts: list[str] = field(default_factory=list)
 
@@ -88,6 +89,8 @@ def holds(cond: Cond, ctx: _Context) -> bool:
         return bool(ctx.facts.conditions.get(cond.condition))
     if cond.pathway is not None:
         return cond.pathway in ctx.active_pathways
+    if cond.step_offers is not None:
+        return cond.step_offers in ctx.offered_classes
     name = cond.fact
     value = ctx.facts.get(name)
     if name not in ctx.used_facts:
@@ -221,6 +224,7 @@ def active_pathway_ids(findings: FindingSet, facts: PatientFacts, k: ClinicalKno
     return frozenset(p.id for p in k.pathway_file.pathways if holds(p.entry, ctx))
 
 
-def evaluate(cond: Cond, findings: FindingSet, facts: PatientFacts, active: Iterable[str]) -> bool:
+def evaluate(cond: Cond, findings: FindingSet, facts: PatientFacts, active: Iterable[str],
+             offered_classes: Iterable[str] = ()) -> bool:
     """Evaluate a condition outside a pathway (order checks)."""
-    return holds(cond, _Context(findings, facts, frozenset(active)))
+    return holds(cond, _Context(findings, facts, frozenset(active), frozenset(offered_classes)))

@@ -97,6 +97,7 @@ def review_drafts(drafts: Iterable[Any], assessments: tuple[Assessment, ...], ac
     if not active:
         return []
     default_pathway = assessments[0].pathway.id if assessments else sorted(active)[0]
+    offered = frozenset(c for a in assessments for d in _pathway_drugs(a.step.medications) for c in k.drugs[d].classes)
     issues: list[OrderIssue] = []
     for order in drafts:
         draft = draft_order(order, k)
@@ -104,7 +105,7 @@ def review_drafts(drafts: Iterable[Any], assessments: tuple[Assessment, ...], ac
             continue
         warned = False
         for check in k.pathway_file.order_checks:
-            if not _matches_check(check, draft, k) or not evaluate(check.when, findings, facts, active):
+            if not _matches_check(check, draft, k) or not evaluate(check.when, findings, facts, active, offered):
                 continue
             warned = True
             pathway = next((p for p in k.pathway_file.pathways if p.id in active and any(
@@ -115,9 +116,11 @@ def review_drafts(drafts: Iterable[Any], assessments: tuple[Assessment, ...], ac
                 exclude = k.drugs[draft.drug].classes if draft.drug else []
                 replacements, companions, found = _replacement(assessments, exclude, k)
                 pathway_id = found or pathway_id
+            current = next((a for a in assessments if a.pathway.id == pathway_id), None)
             issues.append(OrderIssue(
                 draft, "order_check", check.rule, pathway_id, "warning", check=check, replacements=replacements,
-                replacement_companions=companions, replacement_service=check.replacement_service, delete=True))
+                replacement_companions=companions, replacement_service=check.replacement_service, delete=True,
+                step_title=current.step.summary.format_map(current.text_values) if current else None))
         if draft.drug is None:
             continue
         safety: DrugSafety = evaluate_drug(draft.drug, facts, k)
