@@ -214,6 +214,12 @@ def test_request_files_are_up_to_date() -> None:
     assert not stale, f"request files differ from the scenarios; run `python -m fixtures.build`: {stale}"
 
 
+def test_scenario_table_matches_the_goldens() -> None:
+    index = build.GOLDEN / "INDEX.md"
+    assert index.exists() and index.read_text(encoding="utf-8") == build.scenario_table(), (
+        "fixtures/golden/INDEX.md is stale: run `.venv/bin/python -m fixtures.build --goldens`")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario_resources_are_valid_fhir_r4(name: str) -> None:
     scenario, hook, request = REQUESTS[name]
