@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
+from hooks.findings.dispatch import Dispatcher
 from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model
 
 CONCEPTS_FILE = "concepts.yaml"
@@ -263,18 +264,20 @@ class PhrasingGroup:
 
     scan: re.Pattern[str]
     members: tuple[CompiledPhrasing, ...]
+    dispatch: Dispatcher
 
 
-def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...]]],
-           values: list[str] | None = None) -> PhrasingGroup:
+def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...]]]) -> PhrasingGroup:
     alternation = "|".join(f"(?:{text})" for text, _, _ in items)
+    members = tuple(
+        CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE),
+                         certainty, also)
+        for n, (text, certainty, also) in enumerate(items)
+    )
     return PhrasingGroup(
         scan=re.compile(rf"(?<![\w])(?:{alternation})(?![\w])", re.IGNORECASE),
-        members=tuple(
-            CompiledPhrasing(values[n] if values else concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE),
-                             certainty, also)
-            for n, (text, certainty, also) in enumerate(items)
-        ),
+        members=members,
+        dispatch=Dispatcher([(text, member.regex, member) for (text, _, _), member in zip(items, members)]),
     )
 
 
@@ -286,9 +289,8 @@ class Compiled:
     nlp: NlpRules
     context: ContextRules
     groups: tuple[PhrasingGroup, ...]       # decoys first, then one per concept
-    laterality: PhrasingGroup       # member.concept holds the value (left, mild, si_joint ...)
-    severity: PhrasingGroup
-    sites: PhrasingGroup
+    targets: Dispatcher                     # every phrasing and decoy; payload (group order, member)
+    modifiers: Dispatcher           # laterality, severity and site words; payload (kind, value)
     clause_breaks: re.Pattern[str]
     measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
     deep_phrase: re.Pattern[str]
@@ -312,13 +314,16 @@ def compiled() -> Compiled:
     nlp = load_model(NLP_FILE, NlpRules)
     context = load_model(CONTEXT_FILE, ContextRules)
     macros = nlp.macros
-    groups = [_group(None, [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, ())
-                            for n, p in enumerate(nlp.decoys)])]
+    decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, ()) for n, p in enumerate(nlp.decoys)]
+    groups = [_group(None, decoys)]
+    group_texts = [[text for text, _, _ in decoys]]
     for i, concept in enumerate(catalogue.concepts):
-        groups.append(_group(concept.id, [
+        items = [
             (expand_text(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}"), rule.certainty, rule.also)
             for j, rule in enumerate(concept.phrasing_rules)
-        ]))
+        ]
+        groups.append(_group(concept.id, items))
+        group_texts.append([text for text, _, _ in items])
     known = catalogue.ids()
     for k, rule in enumerate(nlp.measurements):
         for concept_id in rule.applies_to:
@@ -335,10 +340,12 @@ def compiled() -> Compiled:
             for n, item in enumerate(items)
         )
 
-    def lexicon(items: tuple[ValuedPattern, ...], section: str) -> PhrasingGroup:
-        # One alternation per lexicon: a single scan of the sentence, longest member at each hit.
-        return _group(None, [(expand_text(item.pattern, macros, NLP_FILE, f"{section}.{n}"), None, ())
-                             for n, item in enumerate(items)], values=[item.value for item in items])
+    def lexicon(kind: str, items: tuple[ValuedPattern, ...], section: str) -> list[tuple[str, re.Pattern[str], Any]]:
+        out = []
+        for n, item in enumerate(items):
+            text = expand_text(item.pattern, macros, NLP_FILE, f"{section}.{n}")
+            out.append((text, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE), (kind, item.value)))
+        return out
 
     code_index = {(c.system, c.code): concept.id for concept in catalogue.concepts for c in concept.codes}
     return Compiled(
@@ -346,9 +353,12 @@ def compiled() -> Compiled:
         nlp=nlp,
         context=context,
         groups=tuple(groups),
-        laterality=lexicon(nlp.laterality, "laterality"),
-        severity=lexicon(nlp.severity, "severity"),
-        sites=lexicon(nlp.sites, "sites"),
+        targets=Dispatcher([(text, member.regex, (order, member))
+                            for order, (group, texts) in enumerate(zip(groups, group_texts))
+                            for text, member in zip(texts, group.members)]),
+        modifiers=Dispatcher([*lexicon("laterality", nlp.laterality, "laterality"),
+                              *lexicon("severity", nlp.severity, "severity"),
+                              *lexicon("site", nlp.sites, "sites")]),
         clause_breaks=re.compile(nlp.clause_breaks, re.IGNORECASE),
         measurements=tuple(
             (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy
 
-from hooks.findings.catalogue import Compiled, PhrasingGroup, compiled
+from hooks.findings.catalogue import Compiled, compiled
 from hooks.model import Evidence, Finding
 
 LESS_THAN = frozenset({"<", "<=", "≤", "less than", "under"})
@@ -53,10 +53,11 @@ class _Pipeline:
         self.sentencizer = self.nlp.add_pipe("sentencizer")
         self.context = ConText(self.nlp, rules=None, span_attrs=None)
         for group in rules.context.rules:
-            # One-word literals go to the token matcher, phrases to the phrase matcher (same lower-case match).
+            # Literals go to medspaCy's phrase matcher (lower-case). The bare negation cue "no" is the one token
+            # pattern: spaCy warns (W036) on every call of an empty token matcher, and one short pattern is cheap.
             self.context.add([
                 ConTextRule(literal, group.category, direction=group.direction, max_scope=group.max_scope,
-                            pattern=[{"LOWER": literal.lower()}] if literal.isalpha() else None)
+                            pattern=[{"LOWER": "no"}] if literal == "no" else None)
                 for literal in group.literals
             ])
         # ConText/spaCy objects are not documented as thread-safe; gunicorn threads share this pipeline.
@@ -89,12 +90,15 @@ def pipeline() -> _Pipeline:
     return _Pipeline(compiled())
 
 
+def _group_order(payload: tuple[int, Any]) -> int:
+    return payload[0]
+
+
 def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     """Phrasing and decoy matches, overlaps resolved longest first (a decoy or a longer phrase wins)."""
     candidates: list[_Target] = []
-    for order, group in enumerate(rules.groups):
-        for start, end, member in _longest(group, text):
-            candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order))
+    for start, end, (order, member) in rules.targets.matches(text, group_of=_group_order):
+        candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order))
     candidates.sort(key=lambda t: (-(t.end - t.start), t.order, t.start))
     taken: list[_Target] = []
     for cand in candidates:
@@ -104,21 +108,23 @@ def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     return taken
 
 
-def _longest(group: PhrasingGroup, text: str) -> Iterable[tuple[int, int, Any]]:
-    """(start, end, member) of a group's hits, the longest member at each hit."""
-    for hit in group.scan.finditer(text):
-        start = hit.start()
-        best: tuple[int, Any] | None = None
-        for member in group.members:
-            m = member.regex.match(text, start)
-            if m is not None and (best is None or m.end() > best[0]):
-                best = (m.end(), member)
-        if best is not None and best[0] > start:
-            yield start, best[0], best[1]
+def _modifier_mentions(text: str, rules: Compiled) -> dict[str, list[_Mention]]:
+    """Laterality, severity and site words of a sentence (one pass); overlaps within a kind: the longest wins."""
+    found: dict[str, list[_Mention]] = {"laterality": [], "severity": [], "site": []}
+    for start, end, (kind, value) in rules.modifiers.matches(text, group_of=_kind):
+        found[kind].append(_Mention(kind, value, start, end))
+    for kind, mentions in found.items():
+        mentions.sort(key=lambda x: (-(x.end - x.start), x.start))
+        kept: list[_Mention] = []
+        for cand in mentions:
+            if all(cand.end <= k.start or cand.start >= k.end for k in kept):
+                kept.append(cand)
+        found[kind] = kept
+    return found
 
 
-def _mentions(kind: str, group: PhrasingGroup, text: str) -> list[_Mention]:
-    return [_Mention(kind, member.concept, start, end) for start, end, member in _longest(group, text)]
+def _kind(payload: tuple[str, str]) -> str:
+    return payload[0]
 
 
 def _gap(mention: _Mention, start: int, end: int) -> int:
@@ -202,13 +208,14 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     offset = sent.start_char
     breaks = [m.start() for m in rules.clause_breaks.finditer(text)]
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
-    lateralities = _mentions("laterality", rules.laterality, text)
+    mentions = _modifier_mentions(text, rules)
+    lateralities = mentions["laterality"]
     sides = {m.value for m in lateralities} & {"left", "right"}
     if len(sides) == 1:         # "unilateral sacroiliitis, left-sided": the side says more
         side = next(iter(sides))
         lateralities = [replace(m, value=side) if m.value == "unilateral" else m for m in lateralities]
-    severities = _mentions("severity", rules.severity, text)
-    sites = _mentions("site", rules.sites, text)
+    severities = mentions["severity"]
+    sites = mentions["site"]
     measures = _measure(text, rules)
     deep_words = [_Mention("deep", True, m.start(), m.end()) for m in rules.deep_phrase.finditer(text)]
 
