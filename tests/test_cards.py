@@ -285,3 +285,21 @@ def test_biologic_drafted_before_the_nsaid_trial_says_what_comes_first():
     assert card["indicator"] == "warning" and "NSAID trial" in card["detail"]
     assert card["suggestions"][-1]["actions"] == [{"type": "delete", "description": card["suggestions"][-1]["actions"][0]["description"],
                                                    "resourceId": "MedicationRequest/d1"}]
+
+
+def test_denosumab_is_held_until_vitamin_d_and_calcium_are_known():
+    kwargs, concepts = SCENARIOS["tbmes_refractory"]
+    card = cards_for(record(**kwargs), findings(*concepts))[0]
+    assert med_codes(card) == []
+    codes = {r["code"]["coding"][0]["code"] for r in created(card)}
+    assert codes == {"62292-8", "17861-6"} and "denosumab" in card["suggestions"][0]["label"]
+    rec = record(observations=[observation("d", "62292-8", 30), observation("c", "17861-6", 9.5)], **kwargs)
+    assert med_codes(cards_for(rec, findings(*concepts))[0]) == ["993452"]
+
+
+def test_a_warn_flag_on_a_suggested_drug_makes_the_card_a_warning():
+    rec = record(conditions=[condition("c", ICD, "M46.1")], meds=[med_request("m", NAPROXEN, 70, 5, "stopped")],
+                 observations=[pain("o", 7, 100), observation("t", "71773-6", result="positive"),
+                               observation("h", "5196-1", result="negative")])
+    card = cards_for(rec, findings("active_sacroiliitis"))[0]
+    assert card["indicator"] == "warning" and card["overrideReasons"] and "tuberculosis" in card["detail"]

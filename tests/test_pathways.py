@@ -154,15 +154,17 @@ def test_b_without_symptoms_says_imaging_is_not_used_in_isolation():
     assert a.rule == "labral_calcification.imaging_in_isolation" and a.options == () and a.services == ()
 
 
-@pytest.mark.parametrize("pain_days,extra,rule", [
-    (5, (), "labral_calcification.conservative"),
-    (30, (), "labral_calcification.physiotherapy"),
-    (80, (), "labral_calcification.hip_injection"),
-    (110, (), "labral_calcification.mr_arthrography"),
-    (110, ("labral_tear",), "labral_calcification.orthopaedic_referral"),
+@pytest.mark.parametrize("pain_days,nsaid_days,extra,rule", [
+    (5, 0, (), "labral_calcification.conservative"),
+    (30, 0, (), "labral_calcification.conservative"),
+    (30, 10, (), "labral_calcification.physiotherapy"),
+    (80, 10, (), "labral_calcification.hip_injection"),
+    (110, 10, (), "labral_calcification.mr_arthrography"),
+    (110, 10, ("labral_tear",), "labral_calcification.orthopaedic_referral"),
 ])
-def test_b_steps_follow_how_long_the_hip_has_hurt(pain_days, extra, rule):
-    rec = record(conditions=[condition(*HIP_PAIN, onset_days=pain_days)])
+def test_b_steps_follow_the_nsaid_course_and_how_long_the_hip_has_hurt(pain_days, nsaid_days, extra, rule):
+    meds = [med_request("m", "197806", nsaid_days + 2, 2, "completed")] if nsaid_days else []
+    rec = record(conditions=[condition(*HIP_PAIN, onset_days=pain_days)], meds=meds)
     a = by_pathway(rec, findings("labral_calcification", *extra))["labral_calcification"]
     assert a.rule == rule
 
@@ -174,6 +176,7 @@ def test_b_first_step_is_ibuprofen_and_an_nsaid_allergy_withholds_every_nsaid():
     rec = record(conditions=[condition(*HIP_PAIN, onset_days=3)], allergies=[allergy("al1", text="Ibuprofen")])
     a = by_pathway(rec, findings("labral_calcification"))["labral_calcification"]
     assert a.options == () and {o.drug for o in a.blocked} == {"ibuprofen", "celecoxib"}
+    assert a.services == ("physiotherapy_hip",)
 
 
 # ---------------------------------------------------------------------------------------------- pathway C (002)
@@ -251,6 +254,14 @@ def test_d_primary_nonresponse_il17_secondary_a_different_tnf_never_the_same_fam
     assert "adalimumab" not in option_drugs(a) and option_drugs(a)[0] == "etanercept"
 
 
+def test_d_trial_done_but_pain_criterion_unmet_does_not_restart_the_nsaid():
+    rec = record(conditions=[condition(*M461)], meds=[med_request("m1", NAPROXEN, 110, 50, "stopped")],
+                 observations=[pain("o1", 6, 110), pain("o2", 3, 4)])
+    a = by_pathway(rec, findings("active_sacroiliitis"))["refractory_sacroiliitis"]
+    assert a.rule == "refractory_sacroiliitis.criteria_not_met"
+    assert a.options == () and a.services == ("physiotherapy_supervised",)
+
+
 def test_d_on_a_tnf_inhibitor_gets_the_response_check_date():
     rec = record(conditions=[condition(*M461)], meds=[med_request("b1", ETANERCEPT, 40)])
     a = by_pathway(rec, findings("active_sacroiliitis"))["refractory_sacroiliitis"]
@@ -284,7 +295,7 @@ def test_e_refractory_tbmes_orders_vitamin_d_and_calcium_with_denosumab():
     rec = record(conditions=[condition("lbp", ICD, "M54.50", onset_days=120)])
     a = by_pathway(rec, findings("transient_bme_syndrome"))["bme_by_etiology"]
     assert option_drugs(a) == ["denosumab"]
-    assert a.options[0].safety.add_services == ("vitamin_d", "calcium")
+    assert a.options[0].safety.add_services == ("vitamin_d", "calcium") and a.options[0].safety.hold
 
 
 def test_every_rule_id_is_stable_and_unique():

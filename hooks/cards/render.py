@@ -150,9 +150,20 @@ def medication_suggestion(option: MedicationOption, ctx: OrderContext, k: Clinic
     """One suggestion: the drug plus its companions (physiotherapy, PPI, screening tests): actions are AND-ed."""
     text = k.pathway_file.card_text
     actions = list(pre_actions)
+    extras: list[str] = []
+    if option.safety.hold:
+        # the tests come first; the drug is ordered once their results are known
+        for service_id in option.safety.add_services:
+            service = k.services.services[service_id]
+            actions.append(create(service_request(service_id, ctx, k, priority), service.text))
+            extras.append(service.text)
+        label = text.held.format(items="; ".join(extras), drug=k.drugs[option.drug].name)
+        suggestion = {"label": label[:300], "uuid": card_uuid(hook_instance, rule, f"s{index}"), "actions": actions}
+        if option.recommended:
+            suggestion["isRecommended"] = True
+        return suggestion
     mr = medication_request(option.drug, option.dosing, ctx, k, text.reassess_note)
     actions.append(create(mr, _drug_label(option, k)))
-    extras: list[str] = []
     for drug_id, dosing_key in option.safety.add_drugs:
         extra = medication_request(drug_id, dosing_key, ctx, k, text.reassess_note)
         actions.append(create(extra, k.drugs[drug_id].dosing[dosing_key].text))
@@ -243,6 +254,8 @@ def pathway_card(a: Assessment, facts: PatientFacts, cctx: CardContext, k: Clini
     summary, indicator = (a.summary or step.summary).format_map(values), step.indicator
     if a.blocked and not a.options:
         summary = text.all_blocked.format(title=pathway.title)
+        indicator = "warning" if indicator == "info" else indicator
+    if any(o.safety.warns for o in a.options):
         indicator = "warning" if indicator == "info" else indicator
     card: dict[str, Any] = {
         "uuid": card_uuid(cctx.hook_instance, rule, "card"),

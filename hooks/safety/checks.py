@@ -33,10 +33,16 @@ class DrugSafety:
     flags: tuple[SafetyFlag, ...] = ()
     add_services: tuple[str, ...] = ()                  # tests to order in the same suggestion
     add_drugs: tuple[tuple[str, str], ...] = ()         # (drug id, dosing key), e.g. a PPI
+    hold: bool = False                                  # order the added tests now, the drug after their results
 
     @property
     def blocked(self) -> bool:
         return any(f.effect == "block" for f in self.flags)
+
+    @property
+    def warns(self) -> bool:
+        """A flag that should make the card a warning (a risk to weigh, not only information)."""
+        return any(f.effect == "warn" for f in self.flags)
 
     @property
     def warnings(self) -> tuple[SafetyFlag, ...]:
@@ -175,6 +181,7 @@ def evaluate_drug(drug: str, facts: PatientFacts, k: ClinicalKnowledge | None = 
     flags: list[SafetyFlag] = []
     services: list[str] = []
     drugs: list[tuple[str, str]] = []
+    hold = False
     for check in k.safety.checks:
         if not classes & set(check.applies_to):
             continue
@@ -186,4 +193,5 @@ def evaluate_drug(drug: str, facts: PatientFacts, k: ClinicalKnowledge | None = 
         flags.append(SafetyFlag(check.id, check.rule, outcome.effect, text, tuple(check.citations), outcome.sources))
         services.extend(s for s in outcome.services if s not in services)
         drugs.extend(d for d in outcome.drugs if d not in drugs)
-    return DrugSafety(drug, tuple(flags), tuple(services), tuple(drugs))
+        hold = hold or bool(outcome.services and check.params.get("hold_drug"))
+    return DrugSafety(drug, tuple(flags), tuple(services), tuple(drugs), hold)
