@@ -259,26 +259,19 @@ class CompiledPhrasing:
 
 @dataclass(frozen=True)
 class PhrasingGroup:
-    """All phrasings of one concept (or all decoys) in one alternation: one scan of the text per concept; at each
-    hit the members are tried in place so the longest phrasing wins, whatever the order in the file."""
+    """All phrasings of one concept (or all decoys); the longest phrasing at a position wins, whatever the order
+    in the file."""
 
-    scan: re.Pattern[str]
     members: tuple[CompiledPhrasing, ...]
-    dispatch: Dispatcher
 
 
 def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...]]]) -> PhrasingGroup:
-    alternation = "|".join(f"(?:{text})" for text, _, _ in items)
     members = tuple(
         CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE),
                          certainty, also)
         for n, (text, certainty, also) in enumerate(items)
     )
-    return PhrasingGroup(
-        scan=re.compile(rf"(?<![\w])(?:{alternation})(?![\w])", re.IGNORECASE),
-        members=members,
-        dispatch=Dispatcher([(text, member.regex, member) for (text, _, _), member in zip(items, members)]),
-    )
+    return PhrasingGroup(members=members)
 
 
 @dataclass(frozen=True)

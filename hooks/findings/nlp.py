@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 import numpy
 

@@ -11,7 +11,6 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Iterator
 
-import orjson
 
 from hooks.findings.catalogue import compiled
 from hooks.findings.coded import coded_findings
@@ -165,8 +164,7 @@ def _content_key(report: Any) -> bytes | None:
         )
     except (AttributeError, TypeError, ValueError):
         return None
-    return hashlib.blake2b(payload.encode("utf-8") if isinstance(payload, str) else orjson.dumps(payload),
-                           digest_size=16).digest()
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).digest()
 
 
 # Validated models are shared across requests (hooks.record caches them by content), so the same model object
