@@ -365,15 +365,22 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
                 continue
             for run in server_run["runs"]:
                 lat = run["latency"].summary()
+                cpu_ms = run.get("server_cpu_ms", float("nan"))
                 rows.append([server_run["workers"], run["concurrency"], run["mode"], run["ok"],
                              f"{run['rps']:.0f}", fmt_ms(lat["p50"]), fmt_ms(lat["p95"]), fmt_ms(lat["p99"]),
+                             fmt_ms(cpu_ms), f"{2000 / cpu_ms:.0f}" if cpu_ms == cpu_ms and cpu_ms > 0 else "n/a",
                              f"{run['generator_cpu_pct']:.0f}%",
                              ", ".join(f"{k}: {v}" for k, v in run["errors"].items()) or "none"])
                 if server_run["workers"] == 2 and run["concurrency"] == TARGET_CONCURRENCY and \
                         run["mode"] == "same chart again":
                     target_row = (run, lat)
         rep.table(["workers", "concurrency", "data", "answered 200", "req/s", "p50 ms", "p95 ms", "p99 ms",
-                   "load generator CPU", "other answers"], rows)
+                   "server CPU ms per answer", "req/s 2 free cores could give", "load generator CPU",
+                   "other answers"], rows)
+        rep.text("*Server CPU ms per answer*: user + system CPU of the gunicorn master and workers during the run "
+                 "(/proc/<pid>/stat) divided by the answers; *req/s 2 free cores could give* = 2,000 / that, the "
+                 "ceiling with no load generator and no neighbours (I/O waits such as the ledger's fsync are not CPU "
+                 "and are not in it).")
         if target_row:
             run, lat = target_row
             ok = run["rps"] >= T_RPS and lat["p99"] < T_HTTP_P99
