@@ -34,21 +34,10 @@ _LABRAL_NLP = ("findings (hooks/knowledge/concepts.yaml labral_calcification phr
                "of the right acetabular labrum' is not recognised when a laterality word precedes 'acetabular "
                "labrum', so pathway B never starts")
 KNOWN_ENGINE_BUGS: dict[str, str] = {
-    "10_b_labral_calcification_hip_pain__patient-view": _LABRAL_NLP + "; and pathway B steps go by pain duration "
-        "only: 3 weeks of pain jumps to physiotherapy although the ibuprofen course (step 1) was never given",
+    "10_b_labral_calcification_hip_pain__patient-view": _LABRAL_NLP,
     "11_b_labral_calcification_no_symptom__patient-view": _LABRAL_NLP,
-    "12_b_labral_calcification_nsaid_allergy__patient-view": _LABRAL_NLP + "; (with the finding recognised, the "
-        "card is the physiotherapy step and never names the NSAID allergy)",
+    "12_b_labral_calcification_nsaid_allergy__patient-view": _LABRAL_NLP,
     "13_b_persistent_pain_mr_arthrography__patient-view": _LABRAL_NLP,
-    "50_d_pain_low_not_eligible__patient-view": "pathway D not_yet_eligible always says 'complete an NSAID trial of "
-        "at least 1 month' even when the trial was done (60 days) and the unmet criterion is pain <= 4/10, and it "
-        "re-offers a continuous NSAID course",
-    "52_d_positive_igra__patient-view": "safety check screening_positive (effect warn) leaves the card at 'info' "
-        "while its suggestions start a TNF inhibitor in a patient with a positive IGRA; a warn effect should raise "
-        "the card indicator to warning",
-    "47_e_tbmes_refractory_vitd_missing__patient-view": "pathway E tbmes_refractory orders denosumab in the same "
-        "suggestion as the vitamin D and calcium tests; seed 004 says denosumab only after they are checked "
-        "(hypocalcaemia risk), so with no results on record the card should order the tests and hold denosumab",
 }
 
 # -- what a suggestion is, by kind ---------------------------------------------------------------------------------
