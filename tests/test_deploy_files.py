@@ -314,3 +314,12 @@ def test_readme_documents_every_setting_and_process_variable():
     missing = sorted(name for name in SETTING_NAMES | PROCESS_VARIABLES - {"GUNICORN_WORKER_TMP_DIR"}
                      if f"`{name}`" not in readme)
     assert not missing, f"README configuration tables lack {missing}"
+
+
+def test_docker_context_excludes_the_virtualenv_but_not_what_is_copied():
+    ignored = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert ".venv" in ignored and ".git" in ignored
+    copied = [shlex.split(rest)[:-1] for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+    for source in (s for sources in copied for s in sources):
+        assert source.split("/")[0] not in ignored, f"{source} is copied but excluded from the build context"
