@@ -166,18 +166,18 @@ def init_app(app: Flask) -> None:
             "jti": g.get("jwt_jti"),
             "reason": g.get("auth_reason"),
         }
-        # what the CDS route recorded on g (service/cds.py); the service id only when it is one of ours
-        service_id = g.get("cds_service_id")
-        if isinstance(service_id, str) and service_id in registered_services():
-            fields["service"] = service_id
-        hook_instance = g.get("cds_hook_instance")
-        if isinstance(hook_instance, str) and _TOKEN_SHAPE.fullmatch(hook_instance):
-            fields["hook_instance"] = hook_instance
+        fields["service"] = g.get("cds_service_id")
+        fields["hook_instance"] = g.get("cds_hook_instance")
         fields["cards"] = g.get("cds_card_count")
         prefetch = g.get("cds_prefetch")
         if isinstance(prefetch, Mapping):
             fields["fetched_keys"] = _count(prefetch.get("fetched"))
             fields["unavailable_keys"] = _count(prefetch.get("unavailable"))
         fields.update(request_fields())
+        # values the caller chose are written only in their expected shape: one of our service ids, a UUID-like id
+        if not (isinstance(fields["service"], str) and fields["service"] in registered_services()):
+            fields["service"] = None
+        if not (isinstance(fields["hook_instance"], str) and _TOKEN_SHAPE.fullmatch(fields["hook_instance"])):
+            fields["hook_instance"] = None
         request_log.info("request", extra={k: v for k, v in fields.items() if v is not None})
         return response

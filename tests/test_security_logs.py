@@ -274,3 +274,26 @@ def test_hook_instance_that_is_not_an_identifier_is_not_logged(app, captured):
     client.post(f"/cds-services/{SERVICE_IDS[0]}", json=body,
                 headers=bearer(mint(KEY, BASE + f"/cds-services/{SERVICE_IDS[0]}")))
     assert PHI["name"] not in captured.getvalue()
+
+
+def test_log_calls_in_our_code_use_constant_event_names():
+    """Every logging call in service/ and hooks/ passes a literal message: data goes in whitelisted `extra` only."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    levels = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+    offenders = []
+    for path in sorted([*root.joinpath("service").rglob("*.py"), *root.joinpath("hooks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in levels and node.args):
+                continue
+            receiver = node.func.value
+            name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
+            if not name.lower().endswith(("log", "logger")):
+                continue
+            message = node.args[1] if node.func.attr == "log" and len(node.args) > 1 else node.args[0]
+            if not (isinstance(message, ast.Constant) and isinstance(message.value, str)):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == [], f"log messages built from data (use a constant event + extra fields): {offenders}"
