@@ -381,3 +381,14 @@ def test_extract_findings_over_a_record() -> None:
     # the red-marrow trap: that sentence gives the physiological concept only
     trap = [f.concept for f in result.findings if f.source.text and "red marrow" in f.source.text.lower()]
     assert trap == ["red_marrow_reconversion"]
+
+
+def test_hard_wrapped_lines_stay_one_sentence() -> None:
+    text = ("MRI SACROILIAC JOINTS\nFindings: Subchondral bone marrow edema in the left ilium. Small\n"
+            "iliac-sided erosions.\nImpression: Active left sacroiliitis.")
+    findings = findings_from_text(text, "DiagnosticReport/wrapped")
+    erosion = next(f for f in findings if f.concept == "erosion")
+    assert (erosion.severity, erosion.site) == ("mild", "ilium")
+    assert erosion.source.text == "Small iliac-sided erosions."
+    sacroiliitis = next(f for f in findings if f.concept == "active_sacroiliitis")
+    assert sacroiliitis.source.text == "Impression: Active left sacroiliitis."

@@ -36,6 +36,7 @@ class Phrasing(StrictModel):
     pattern: str
     certainty: Literal["affirmed", "negated", "uncertain"] | None = None   # the phrase itself decides
     also: tuple[str, ...] = ()                                             # further concepts the phrase names
+    affirm_only: bool = False         # a sign: its absence does not exclude the finding (negated -> dropped)
 
 
 class Concept(StrictModel):
@@ -179,6 +180,7 @@ class NlpRules(StrictModel):
     laterality: tuple[ValuedPattern, ...]
     severity: tuple[ValuedPattern, ...]
     sites: tuple[ValuedPattern, ...]
+    line_breaks: str
     clause_breaks: str
     measurements: tuple[MeasurementRule, ...]
     deep_bme: DeepBme
@@ -255,6 +257,7 @@ class CompiledPhrasing:
     regex: re.Pattern[str]       # anchored form: matched at a position where the group found a hit
     certainty: str | None
     also: tuple[str, ...]
+    affirm_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,11 +268,10 @@ class PhrasingGroup:
     members: tuple[CompiledPhrasing, ...]
 
 
-def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...]]]) -> PhrasingGroup:
+def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...], bool]]) -> PhrasingGroup:
     members = tuple(
-        CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE),
-                         certainty, also)
-        for n, (text, certainty, also) in enumerate(items)
+        CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE), certainty, also, affirm_only)
+        for text, certainty, also, affirm_only in items
     )
     return PhrasingGroup(members=members)
 
@@ -284,6 +286,7 @@ class Compiled:
     groups: tuple[PhrasingGroup, ...]       # decoys first, then one per concept
     targets: Dispatcher                     # every phrasing and decoy; payload (group order, member)
     modifiers: Dispatcher           # laterality, severity and site words; payload (kind, value)
+    line_breaks: re.Pattern[str]
     clause_breaks: re.Pattern[str]
     measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
     deep_phrase: re.Pattern[str]
@@ -294,6 +297,13 @@ class Compiled:
     code_index: dict[tuple[str, str], str]        # (system, code) -> concept id
     by_id: dict[str, Concept]
     report_codes: dict[str, ReportCode]
+
+
+def _compile(pattern: str, flags: int, place: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, flags)
+    except re.error as exc:
+        raise KnowledgeError(NLP_FILE, place, f"invalid pattern: {exc}") from None
 
 
 def concept_catalogue() -> ConceptCatalogue:
@@ -307,16 +317,17 @@ def compiled() -> Compiled:
     nlp = load_model(NLP_FILE, NlpRules)
     context = load_model(CONTEXT_FILE, ContextRules)
     macros = nlp.macros
-    decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, ()) for n, p in enumerate(nlp.decoys)]
+    decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, (), False) for n, p in enumerate(nlp.decoys)]
     groups = [_group(None, decoys)]
-    group_texts = [[text for text, _, _ in decoys]]
+    group_texts = [[item[0] for item in decoys]]
     for i, concept in enumerate(catalogue.concepts):
         items = [
-            (expand_text(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}"), rule.certainty, rule.also)
+            (expand_text(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}"), rule.certainty,
+             rule.also, rule.affirm_only)
             for j, rule in enumerate(concept.phrasing_rules)
         ]
         groups.append(_group(concept.id, items))
-        group_texts.append([text for text, _, _ in items])
+        group_texts.append([item[0] for item in items])
     known = catalogue.ids()
     for k, rule in enumerate(nlp.measurements):
         for concept_id in rule.applies_to:
@@ -352,7 +363,8 @@ def compiled() -> Compiled:
         modifiers=Dispatcher([*lexicon("laterality", nlp.laterality, "laterality"),
                               *lexicon("severity", nlp.severity, "severity"),
                               *lexicon("site", nlp.sites, "sites")]),
-        clause_breaks=re.compile(nlp.clause_breaks, re.IGNORECASE),
+        line_breaks=_compile(nlp.line_breaks, re.MULTILINE, "line_breaks"),
+        clause_breaks=_compile(nlp.clause_breaks, re.IGNORECASE, "clause_breaks"),
         measurements=tuple(
             (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))
             for n, rule in enumerate(nlp.measurements)

@@ -19,7 +19,7 @@ from hooks.model import Evidence, Finding
 LESS_THAN = frozenset({"<", "<=", "≤", "less than", "under"})
 NEGATING = frozenset({"NEGATED_EXISTENCE", "RESOLVED"})
 SEVERITY_AFTER_PENALTY = 12     # chars: "mild synovitis" is the usual order, "synovitis is mild" the rarer one
-MAX_GAP = {"laterality": 60, "severity": 30, "site": 60, "measurement": 60, "deep": 40}
+MAX_GAP = {"laterality": 60, "severity": 30, "site": 60, "measurement": 80, "deep": 40}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class _Target:
     certainty: str | None
     also: tuple[str, ...]
     order: int
+    affirm_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,19 @@ class _Pipeline:
                             pattern=[{"LOWER": "no"}] if literal == "no" else None)
                 for literal in group.literals
             ])
+        self.line_breaks = rules.line_breaks
         # ConText/spaCy objects are not documented as thread-safe; gunicorn threads share this pipeline.
         self.lock = threading.Lock()
 
     def doc(self, text: str, targets: list[_Target]) -> Any:
         doc = self.nlp.make_doc(text)
         doc = self.sentencizer(doc)
-        if "\n" in text:           # a line break ends a sentence (headings, numbered impressions)
-            for pos in (i for i, ch in enumerate(text) if ch == "\n"):
-                span = doc.char_span(pos + 1, len(text), alignment_mode="expand") if pos + 1 < len(text) else None
+        if "\n" in text:           # some line breaks end a sentence (headings, lists); wrapped lines do not
+            for found in self.line_breaks.finditer(text):
+                pos = found.end()
+                while pos < len(text) and text[pos].isspace():
+                    pos += 1
+                span = doc.char_span(pos, len(text), alignment_mode="expand") if pos < len(text) else None
                 if span is not None and span.start > 0:
                     doc[span.start].is_sent_start = True
         spans = []
@@ -97,7 +102,8 @@ def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     """Phrasing and decoy matches, overlaps resolved longest first (a decoy or a longer phrase wins)."""
     candidates: list[_Target] = []
     for start, end, (order, member) in rules.targets.matches(text, group_of=_group_order):
-        candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order))
+        candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order,
+                                  member.affirm_only))
     candidates.sort(key=lambda t: (-(t.end - t.start), t.order, t.start))
     taken: list[_Target] = []
     for cand in candidates:
@@ -216,7 +222,9 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     severities = mentions["severity"]
     sites = mentions["site"]
     measures = _measure(text, rules)
-    deep_words = [_Mention("deep", True, m.start(), m.end()) for m in rules.deep_phrase.finditer(text)]
+    # "4 mm deep" is a measurement, not the word "deep": only a free-standing "deep" counts.
+    deep_words = [_Mention("deep", True, m.start(), m.end()) for m in rules.deep_phrase.finditer(text)
+                  if not any(0 <= m.start() - x.end <= 1 for x in measures)]
 
     own_lat = _assign(lateralities, located, breaks)
     own_sev = _assign(severities, located, breaks)
@@ -247,6 +255,9 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
                     break
         if fixed is None and "HYPOTHETICAL" in categories and not categories & NEGATING:
             continue        # asked about, not found: not a finding
+        if target is not None and target.affirm_only and (fixed == "negated" or (fixed is None
+                                                                                   and categories & NEGATING)):
+            continue        # "no subchondral collapse" does not exclude osteonecrosis
         if fixed is not None:
             certainty = fixed
         elif categories & NEGATING:
