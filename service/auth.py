@@ -18,7 +18,7 @@ import jwt
 import requests
 import yaml
 from flask import Flask, Response, g, request
-from sqlalchemy import BigInteger, Column, String, Table, delete, insert
+from sqlalchemy import BigInteger, Column, String, Table, delete, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -350,25 +350,37 @@ class ReplayGuard:
         self._last_purge = float("-inf")
 
     def remember(self, iss: str, jti: str, expires_at: int, now: float) -> None:
+        """Record the jti, or raise AuthError("replayed_jti") if a token still valid already used it."""
         try:
             with self.engine.begin() as conn:
                 if now - self._last_purge >= self.purge_every_seconds:
                     self._last_purge = now
                     conn.execute(delete(jwt_replay).where(jwt_replay.c.expires_at < int(now)))
-                else:
-                    # an expired row for this very jti must not block a fresh token reusing it
-                    conn.execute(
-                        delete(jwt_replay).where(
-                            jwt_replay.c.iss == iss, jwt_replay.c.jti == jti, jwt_replay.c.expires_at < int(now)
-                        )
-                    )
                 conn.execute(insert(jwt_replay).values(iss=iss, jti=jti, expires_at=int(expires_at)))
+            return
         except IntegrityError:
-            raise AuthError("replayed_jti") from None
+            pass
         except SQLAlchemyError as exc:
-            # fail closed: without the replay guard a stolen token could be replayed
-            log.error("replay_guard_unavailable", extra={"reason": type(exc).__name__})
-            raise AuthError("replay_guard_unavailable") from None
+            self._unavailable(exc)
+        # the jti is known; only a row whose token has expired may be taken over (one statement, so two
+        # concurrent takers cannot both succeed)
+        try:
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    update(jwt_replay)
+                    .where(jwt_replay.c.iss == iss, jwt_replay.c.jti == jti, jwt_replay.c.expires_at < int(now))
+                    .values(expires_at=int(expires_at))
+                ).rowcount
+        except SQLAlchemyError as exc:
+            self._unavailable(exc)
+        if taken != 1:
+            raise AuthError("replayed_jti")
+
+    @staticmethod
+    def _unavailable(exc: Exception) -> None:
+        # fail closed: without the replay guard a stolen token could be replayed
+        log.error("replay_guard_unavailable", extra={"reason": type(exc).__name__})
+        raise AuthError("replay_guard_unavailable") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

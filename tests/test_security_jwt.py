@@ -542,3 +542,29 @@ def test_jwks_redirect_is_not_followed(tmp_path):
     client = make_app(tmp_path, [{"iss": ISSUER, "jwks_url": JWKS_URL}]).test_client()
     assert_bare_401(call(client, DISCOVERY, mint(EC, BASE + DISCOVERY)))
     assert [c.request.url for c in responses.calls] == [JWKS_URL]
+
+
+def test_replay_guard_remembers_until_expiry_then_lets_the_jti_go(tmp_path):
+    from service.auth import ReplayGuard
+    from service.storage import Storage
+
+    store = Storage(f"sqlite:///{tmp_path / 'guard.db'}")
+    store.create_schema()
+    guard = ReplayGuard(store.engine, purge_every_seconds=10_000)
+    guard.remember(ISSUER, "j-1", expires_at=1_000, now=900)
+    with pytest.raises(AuthError, match="replayed_jti"):
+        guard.remember(ISSUER, "j-1", expires_at=1_100, now=950)      # still within the first token's life
+    guard.remember(ISSUER, "j-1", expires_at=1_300, now=1_001)         # first token expired: the jti is free
+    with pytest.raises(AuthError, match="replayed_jti"):
+        guard.remember(ISSUER, "j-1", expires_at=1_300, now=1_002)
+    guard.remember("https://other.example", "j-1", expires_at=1_300, now=1_002)
+
+
+def test_replay_guard_fails_closed_when_the_database_is_gone(tmp_path):
+    from sqlalchemy import create_engine
+
+    from service.auth import ReplayGuard
+
+    guard = ReplayGuard(create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'no.db'}"))
+    with pytest.raises(AuthError, match="replay_guard_unavailable"):
+        guard.remember(ISSUER, "j-2", expires_at=2_000, now=1_000)
