@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from hooks.findings import (
@@ -19,9 +21,9 @@ from hooks.findings import (
     findings_from_text,
     warm_up,
 )
-from hooks.findings.catalogue import ConceptCatalogue
+from hooks.findings.catalogue import ConceptCatalogue, expand_text
 from hooks.findings.report import REPORT_CACHE, _attachment_text, clear_caches
-from hooks.knowledge import SYSTEMS, load_yaml
+from hooks.knowledge import SYSTEMS, KnowledgeError, load_yaml
 from hooks.record import PatientRecord
 
 CONCEPT_IDS = {
@@ -392,3 +394,30 @@ def test_hard_wrapped_lines_stay_one_sentence() -> None:
     assert erosion.source.text == "Small iliac-sided erosions."
     sacroiliitis = next(f for f in findings if f.concept == "active_sacroiliitis")
     assert sacroiliitis.source.text == "Impression: Active left sacroiliitis."
+
+
+def test_bad_patterns_stop_with_file_place_and_reason() -> None:
+    with pytest.raises(KnowledgeError) as unknown:
+        expand_text("{nosuchmacro} edema", {}, "concepts.yaml", "concepts.3.phrasings.0")
+    assert (unknown.value.file, unknown.value.place) == ("concepts.yaml", "concepts.3.phrasings.0")
+    assert "unknown macro" in unknown.value.reason
+    with pytest.raises(KnowledgeError, match="invalid pattern"):
+        expand_text("marrow (edema", {}, "concepts.yaml", "concepts.3.phrasings.1")
+
+
+WORDS = st.sampled_from(["no", "left", "right", "bilateral", "mild", "severe", "edema", "oedema", "marrow", "bone",
+                         "erosions", "synovitis", "SI", "joint", "cannot", "exclude", "prior", "resolved", "deep",
+                         "12", "mm", ">1", "cm", ",", ".", ";", "\n", "red", "labrum", "tear", "L1", "T1", "STIR",
+                         "(", ")", "%", "°", "é", "\x00"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(WORDS, max_size=40), st.text(max_size=60))
+def test_any_text_extracts_without_error(words: list[str], noise: str) -> None:
+    text = " ".join(words) + noise
+    findings = findings_from_text(text, "DiagnosticReport/fuzz")
+    ids = concept_catalogue().ids()
+    for finding in findings:
+        assert finding.concept in ids
+        assert finding.certainty in ("affirmed", "negated", "uncertain")
+        assert finding.source.reference == "DiagnosticReport/fuzz"
