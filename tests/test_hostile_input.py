@@ -438,3 +438,26 @@ def test_empty_searchsets_with_total_wrong_type(client):
     prefetch = full_prefetch()
     prefetch["reports"] = dict(empty_searchset(), total="many")
     assert_not_500(post_raw(client, INVOKE, json.dumps(hook_request(SERVICE_IDS[0], prefetch))))
+
+
+# --- width: many keys, many items (within the size limit) ---------------------------------------------------------
+
+
+def test_thousands_of_unknown_prefetch_keys(client):
+    request = hook_request(SERVICE_IDS[0])
+    request["prefetch"].update({f"k{i}": {"resourceType": "Patient"} for i in range(1500)})
+    assert_not_500(post_raw(client, INVOKE, json.dumps(request)))
+
+
+def test_thousands_of_selections_and_draft_orders(client):
+    request = hook_request(SERVICE_IDS[1])
+    order = request["context"]["draftOrders"]["entry"][0]
+    request["context"]["draftOrders"]["entry"] = [order] * 300
+    request["context"]["selections"] = [f"MedicationRequest/x{i}" for i in range(3000)]
+    assert_not_500(post_raw(client, "/cds-services/msk-imaging-order-select", json.dumps(request)))
+
+
+def test_thousands_of_context_keys(client):
+    request = hook_request(SERVICE_IDS[0])
+    request["context"].update({f"extra{i}": i for i in range(3000)})
+    assert_not_500(post_raw(client, INVOKE, json.dumps(request)))
