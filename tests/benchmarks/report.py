@@ -55,6 +55,34 @@ def machine_facts() -> list[tuple[str, str]]:
     ]
 
 
+def sqlite_commit_ms(directory: Path, commits: int = 100) -> dict[str, tuple[float, float]]:
+    """p50 and p95 of one small SQLite commit in WAL mode on this disk, synchronous=FULL (the service's setting:
+    an fsync per commit) and NORMAL (no fsync per commit): what the card ledger's write costs here."""
+    import sqlite3
+    import time
+
+    out = {}
+    for sync in ("FULL", "NORMAL"):
+        path = directory / f"commit-{sync}.sqlite3"
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("CREATE TABLE t (v TEXT)")
+            conn.commit()
+            times = []
+            for _ in range(commits):
+                start = time.perf_counter()
+                conn.execute("INSERT INTO t VALUES (?)", ("x" * 200,))
+                conn.commit()
+                times.append(1000 * (time.perf_counter() - start))
+        finally:
+            conn.close()
+        times.sort()
+        out[sync] = (times[len(times) // 2], times[int(len(times) * 0.95)])
+    return out
+
+
 def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat."""
     try:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import floor, inprocess, profiling, server, stages, workload
-from .report import LATENCY_HEADER, MachineShare, Report, latency_row, machine_facts, ratio, verdict
+from .report import (LATENCY_HEADER, MachineShare, Report, latency_row, machine_facts, ratio, sqlite_commit_ms,
+                     verdict)
 from .stats import Series, fmt_ms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,7 @@ def measure(plan: Plan, tmp: Path, http: bool) -> dict[str, Any]:
     def app_factory(name: str) -> Any:
         return inprocess.make_app(tmp, f"{name}-{next(counter)}")
 
+    results["sqlite_commit"] = sqlite_commit_ms(tmp)
     log("in-process: building the app and warming up")
     app = app_factory("main")
     poster = inprocess.Poster(app)
@@ -206,6 +208,9 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
     capacity = share["cpu_capacity_s"] or float("nan")
     facts = [*facts,
              ("load average at end (1 min)", f"{share['load_end']:.2f}"),
+             ("disk: one SQLite WAL commit (p50 / p95)",
+              "synchronous=FULL (the service's setting) {:.2f} / {:.2f} ms; NORMAL {:.2f} / {:.2f} ms".format(
+                  *r["sqlite_commit"]["FULL"], *r["sqlite_commit"]["NORMAL"])),
              ("CPU used during the run", f"this benchmark (with its servers) {share['own_s']:.0f} s, **other processes "
               f"{share['others_s']:.0f} s ({100 * share['others_s'] / capacity:.0f}% of the machine)**, of "
               f"{capacity:.0f} CPU-seconds available")]
