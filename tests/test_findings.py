@@ -421,3 +421,12 @@ def test_any_text_extracts_without_error(words: list[str], noise: str) -> None:
         assert finding.concept in ids
         assert finding.certainty in ("affirmed", "negated", "uncertain")
         assert finding.source.reference == "DiagnosticReport/fuzz"
+
+
+def test_conclusion_repeated_in_the_attachment_is_counted_once() -> None:
+    impression = "Mild synovitis of the left SI joint."
+    findings, _ = findings_from_report(report(
+        conclusion=impression,
+        presentedForm=[{"contentType": "text/plain", "data": b64(f"Findings: No erosions.\n{impression}")}]))
+    assert sorted((f.concept, f.source.element) for f in findings) == [
+        ("erosion", "presentedForm[0]"), ("si_joint_synovitis", "conclusion")]

@@ -114,8 +114,15 @@ def _extract(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
     findings: list[Finding] = []
     for index, concept in enumerate(getattr(report, "conclusionCode", None) or ()):
         findings.extend(coded_findings(concept, reference, f"conclusionCode[{index}]"))
+    seen: set[tuple] = set()
     for element, text in texts:
-        findings.extend(findings_from_text(text, reference, element))
+        for finding in findings_from_text(text, reference, element):
+            # The conclusion usually repeats the impression of the attached report: one finding per sentence.
+            key = (finding.concept, finding.certainty, finding.historical, finding.laterality, finding.severity,
+                   finding.site, finding.depth_mm, tuple(sorted(finding.measurements.items())), finding.source.text)
+            if key not in seen:
+                seen.add(key)
+                findings.append(finding)
     return tuple(findings), facts
 
 
