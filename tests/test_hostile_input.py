@@ -136,7 +136,8 @@ def test_wrong_content_type_is_refused(client, content_type):
     assert_refused(post_raw(client, INVOKE, GOOD_BODY, content_type=content_type), 415, 400)
 
 
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/fhir+json", "APPLICATION/JSON"])
+@pytest.mark.parametrize("content_type",
+                         ["application/json; charset=utf-8", "application/fhir+json", "APPLICATION/JSON"])
 def test_json_media_type_variants_accepted(client, content_type):
     assert post_raw(client, INVOKE, GOOD_BODY, content_type=content_type).status_code == 200
 
