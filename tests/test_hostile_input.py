@@ -219,9 +219,9 @@ def test_lone_surrogate_escapes_are_not_a_500(client):
         "resourceType": "Bundle",
         "type": "searchset",
         "entry": [{"resource": {"resourceType": "DiagnosticReport", "id": "r1", "status": "final",
-                                "code": {"text": "MRI SI joints"}, "conclusion": "PLACEHOLDER"}}],
+                                "code": {"text": "MRI SI joints"}, "conclusion": "SURROGATE_SLOT"}}],
     }
-    raw = json.dumps(request).replace("PLACEHOLDER", "synovitis \\ud800 of the \\udfff SI joint")
+    raw = json.dumps(request).replace("SURROGATE_SLOT", "synovitis \\ud800 of the \\udfff SI joint")
     assert_not_500(post_raw(client, INVOKE, raw))
     raw = json.dumps(hook_request(SERVICE_IDS[0])).replace('"pat-1"', '"\\ud83d"', 1)
     assert_not_500(post_raw(client, INVOKE, raw))
