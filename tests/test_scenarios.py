@@ -30,14 +30,10 @@ RXNORM, SNOMED, LOINC = SYSTEMS["rxnorm"], SYSTEMS["snomed"], SYSTEMS["loinc"]
 
 # Expectations the engine does not meet yet: (request name) -> the bug, for the team to fix (see the report).
 # Only the expectation test is marked; the golden test records what the engine does today.
-_LABRAL_NLP = ("findings (hooks/knowledge/concepts.yaml labral_calcification phrasings): 'calcification in the region "
-               "of the right acetabular labrum' is not recognised when a laterality word precedes 'acetabular "
-               "labrum', so pathway B never starts")
 KNOWN_ENGINE_BUGS: dict[str, str] = {
-    "10_b_labral_calcification_hip_pain__patient-view": _LABRAL_NLP,
-    "11_b_labral_calcification_no_symptom__patient-view": _LABRAL_NLP,
-    "12_b_labral_calcification_nsaid_allergy__patient-view": _LABRAL_NLP,
-    "13_b_persistent_pain_mr_arthrography__patient-view": _LABRAL_NLP,
+    "32_e_tbmes__patient-view": "findings (d03b4dc, 'suggest' hedges): the impression 'Findings suggest transient "
+        "bone marrow edema syndrome' is now read as uncertain, so pathway E's TBMES step is never reached and the "
+        "card falls back to bme_differential.nonspecific (no NSAID, no protected weight-bearing)",
 }
 
 # -- what a suggestion is, by kind ---------------------------------------------------------------------------------
