@@ -1,7 +1,8 @@
 """Per-finding-class precision and recall of the text extractor on the labelled corpus
-(fixtures/findings/corpus.yaml). Run: python tests/findings_metrics.py"""
+(fixtures/findings/corpus.yaml). Run: python tests/findings_metrics.py [--corpus fixtures/findings/heldout.yaml]"""
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,8 @@ def actual_key(f: Finding) -> tuple:
             tuple(sorted(f.measurements.items())))
 
 
-def load() -> list[dict[str, Any]]:
-    return yaml.safe_load(CORPUS.read_text(encoding="utf-8"))["sentences"]
+def load(path: Path = CORPUS) -> list[dict[str, Any]]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))["sentences"]
 
 
 def compare(text: str, specs: list[str]) -> tuple[list[str], Counter, Counter, Counter]:
@@ -95,12 +96,12 @@ def compare(text: str, specs: list[str]) -> tuple[list[str], Counter, Counter, C
     return problems, tp, fp, fn
 
 
-def metrics() -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, list[str]]]]:
+def metrics(path: Path = CORPUS) -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, list[str]]]]:
     tp: Counter = Counter()
     fp: Counter = Counter()
     fn: Counter = Counter()
     failures = []
-    for item in load():
+    for item in load(path):
         problems, t, p, n = compare(item["text"], item["expect"])
         tp.update(t)
         fp.update(p)
@@ -126,8 +127,11 @@ def table(per_class: dict[str, tuple[int, int, int]]) -> str:
 
 
 def main() -> None:
-    per_class, failures = metrics()
-    print(f"{len(load())} sentences; a finding counts as correct only when concept, certainty, history, laterality,"
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="a corpus file (default: corpus.yaml)")
+    path = parser.parse_args().corpus
+    per_class, failures = metrics(path)
+    print(f"{path.name}: {len(load(path))} sentences; a finding counts as correct only when concept, certainty, history, laterality,"
           " severity, depth, measurements (and site when labelled) all match")
     print(table(per_class))
     for text, problems in failures:

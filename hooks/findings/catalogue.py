@@ -37,6 +37,7 @@ class Phrasing(StrictModel):
     certainty: Literal["affirmed", "negated", "uncertain"] | None = None   # the phrase itself decides
     also: tuple[str, ...] = ()                                             # further concepts the phrase names
     affirm_only: bool = False         # a sign: its absence does not exclude the finding (negated -> dropped)
+    needs_site: bool = False          # generic phrase: counts only where the sentence places it at the concept's sites
 
 
 class Concept(StrictModel):
@@ -181,6 +182,7 @@ class NlpRules(StrictModel):
     severity: tuple[ValuedPattern, ...]
     sites: tuple[ValuedPattern, ...]
     line_breaks: str
+    severity_comparatives: str
     clause_breaks: str
     measurements: tuple[MeasurementRule, ...]
     deep_bme: DeepBme
@@ -258,6 +260,7 @@ class CompiledPhrasing:
     certainty: str | None
     also: tuple[str, ...]
     affirm_only: bool = False
+    needs_site: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,10 +271,11 @@ class PhrasingGroup:
     members: tuple[CompiledPhrasing, ...]
 
 
-def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...], bool]]) -> PhrasingGroup:
+def _group(concept: str | None, items: list[tuple[str, str | None, tuple[str, ...], bool, bool]]) -> PhrasingGroup:
     members = tuple(
-        CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE), certainty, also, affirm_only)
-        for text, certainty, also, affirm_only in items
+        CompiledPhrasing(concept, re.compile(rf"(?:{text})(?![\w])", re.IGNORECASE), certainty, also, affirm_only,
+                         needs_site)
+        for text, certainty, also, affirm_only, needs_site in items
     )
     return PhrasingGroup(members=members)
 
@@ -287,6 +291,7 @@ class Compiled:
     targets: Dispatcher                     # every phrasing and decoy; payload (group order, member)
     modifiers: Dispatcher           # laterality, severity and site words; payload (kind, value)
     line_breaks: re.Pattern[str]
+    severity_comparatives: re.Pattern[str]
     clause_breaks: re.Pattern[str]
     measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
     deep_phrase: re.Pattern[str]
@@ -317,13 +322,13 @@ def compiled() -> Compiled:
     nlp = load_model(NLP_FILE, NlpRules)
     context = load_model(CONTEXT_FILE, ContextRules)
     macros = nlp.macros
-    decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, (), False) for n, p in enumerate(nlp.decoys)]
+    decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, (), False, False) for n, p in enumerate(nlp.decoys)]
     groups = [_group(None, decoys)]
     group_texts = [[item[0] for item in decoys]]
     for i, concept in enumerate(catalogue.concepts):
         items = [
             (expand_text(rule.pattern, macros, CONCEPTS_FILE, f"concepts.{i}.phrasings.{j}"), rule.certainty,
-             rule.also, rule.affirm_only)
+             rule.also, rule.affirm_only, rule.needs_site)
             for j, rule in enumerate(concept.phrasing_rules)
         ]
         groups.append(_group(concept.id, items))
@@ -364,6 +369,7 @@ def compiled() -> Compiled:
                               *lexicon("severity", nlp.severity, "severity"),
                               *lexicon("site", nlp.sites, "sites")]),
         line_breaks=_compile(nlp.line_breaks, re.MULTILINE, "line_breaks"),
+        severity_comparatives=_compile(nlp.severity_comparatives, re.IGNORECASE, "severity_comparatives"),
         clause_breaks=_compile(nlp.clause_breaks, re.IGNORECASE, "clause_breaks"),
         measurements=tuple(
             (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))

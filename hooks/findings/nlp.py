@@ -31,6 +31,7 @@ class _Target:
     also: tuple[str, ...]
     order: int
     affirm_only: bool = False
+    needs_site: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _find_targets(text: str, rules: Compiled) -> list[_Target]:
     candidates: list[_Target] = []
     for start, end, (order, member) in rules.targets.matches(text, group_of=_group_order):
         candidates.append(_Target(member.concept, start, end, member.certainty, member.also, order,
-                                  member.affirm_only))
+                                  member.affirm_only, member.needs_site))
     candidates.sort(key=lambda t: (-(t.end - t.start), t.order, t.start))
     taken: list[_Target] = []
     for cand in candidates:
@@ -219,7 +220,8 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     if len(sides) == 1:         # "unilateral sacroiliitis, left-sided": the side says more
         side = next(iter(sides))
         lateralities = [replace(m, value=side) if m.value == "unilateral" else m for m in lateralities]
-    severities = mentions["severity"]
+    severities = [m for m in mentions["severity"]
+                  if not rules.severity_comparatives.search(text[max(0, m.start - 20):m.start])]
     sites = mentions["site"]
     measures = _measure(text, rules)
     # "4 mm deep" is a measurement, not the word "deep": only a free-standing "deep" counts.
@@ -271,6 +273,8 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
         placed = own_site[index].value if index in own_site else sentence_site
         if concept.sites and placed is not None and placed not in concept.sites:
             continue        # e.g. "synovitis of the hip" is not SI-joint synovitis
+        if target is not None and target.needs_site and placed not in concept.sites:
+            continue        # "calcific density" names labral calcification only at the labrum
         laterality = own_lat[index].value if index in own_lat else sentence_lat
         severity = own_sev[index].value if index in own_sev else None
         site = own_site[index].value if index in own_site else (sentence_site or concept.default_site)
