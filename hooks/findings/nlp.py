@@ -233,8 +233,8 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     own_site = _assign(sites, located, breaks)
     by_measure: dict[str, dict[int, _Mention]] = {}
     for rule, _ in rules.measurements:
-        mentions = [m for m in measures if m.extra[0].name == rule.name]
-        by_measure[rule.name] = _assign(mentions, located, breaks, frozenset(rule.applies_to))
+        numbers = [m for m in measures if m.extra[0].name == rule.name]
+        by_measure[rule.name] = _assign(numbers, located, breaks, frozenset(rule.applies_to))
     deep_applies = frozenset(rules.nlp.deep_bme.applies_to)
     own_deep = _assign(deep_words, located, breaks, deep_applies)
     lat_values = {m.value for m in lateralities}
