@@ -14,6 +14,11 @@ from hooks.pathways.orders import review_drafts
 from hooks.registry import HookRequest
 
 
+def _anything_to_act_on(findings: FindingSet) -> bool:
+    """Affirmed or uncertain current findings; negated ones alone never start a pathway."""
+    return any(f.certainty != "negated" and not f.historical for f in findings.findings)
+
+
 def _findings(request: HookRequest) -> FindingSet:
     from hooks.findings import extract_findings   # imported here: findings load their NLP pipeline on first use
 
@@ -29,7 +34,7 @@ def patient_view_cards(request: HookRequest, k: ClinicalKnowledge | None = None)
     """One card per active pathway; no finding, no card."""
     k = k or clinical_knowledge()
     findings = _findings(request)
-    if not any(f.active for f in findings.findings):
+    if not _anything_to_act_on(findings):
         return HookResult()
     facts = patient_facts(request.record, request.now, k)
     cctx = _context(request, "proposal")
@@ -53,7 +58,7 @@ def order_hook_cards(request: HookRequest, selected_only: bool, k: ClinicalKnowl
     if not drafts:
         return HookResult()
     findings = _findings(request)
-    if not any(f.active for f in findings.findings):
+    if not _anything_to_act_on(findings):
         return HookResult()
     facts = patient_facts(request.record, request.now, k)
     assessments = assess(findings, facts, k)

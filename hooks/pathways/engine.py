@@ -193,7 +193,7 @@ def assess(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | Non
 def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledge) -> Assessment:
     facts = ctx.facts
     shown = [f for concept in pathway.findings_shown for f in ctx.findings.findings
-             if f.concept == concept and (f.active or f.certainty == "negated") and not f.historical]
+             if f.concept == concept and not f.historical]
     named = list(ctx.used_facts)
     for text in (step.where, step.summary):
         named += [n for n in _placeholders(text) if n in facts.values and n not in named]
