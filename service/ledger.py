@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from flask import Flask, current_app, has_app_context
@@ -233,7 +233,10 @@ class CardLedger:
             user_key=self.pseudonym(fhir_server, user_id),
             now=now,
         )
-        entries = [LedgerEntry.from_card(card) for card in cards]
+        # dedupe keys name resources ("rule|Patient/123"): keep only their pseudonyms, like the patient's own key
+        entries = [replace(e, dedupe_key=self.pseudonym(fhir_server, e.dedupe_key))
+                   if e is not None and e.dedupe_key else e
+                   for e in map(LedgerEntry.from_card, cards)]
         keep = [True] * len(cards)
         withheld = {"shown_at_order_select": 0, "overridden_by_user": 0}
 

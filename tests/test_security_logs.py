@@ -211,6 +211,23 @@ def test_phi_never_reaches_logs_or_error_bodies(app, captured, caplog):
     for line in json_lines.splitlines():
         json.loads(line)                                      # every line is one JSON object
 
+    # nor stored: every row of every table (the clinician's own feedback comment is the one thing kept on purpose)
+    from sqlalchemy import select
+
+    from service import storage
+
+    engine = app.extensions[storage.EXTENSION_KEY].engine
+    with engine.connect() as conn:
+        rows = [repr(tuple(row)) for table in storage.metadata.sorted_tables
+                for row in conn.execute(select(table))]
+    assert rows, "the requests above must have stored something (replay guard, feedback, ledger)"
+    stored = "\n".join(rows)
+    for label, value in PHI.items():
+        if label != "comment":
+            assert value not in stored, (label, [r for r in rows if value in r])
+    for part in token_parts:
+        assert part not in stored, "a JWT stored in the database"
+
 
 def test_formatter_writes_only_whitelisted_fields_and_never_interpolates():
     formatter = JsonLineFormatter()
