@@ -134,6 +134,8 @@ GOOD_BODY = json.dumps(hook_request(SERVICE_IDS[0]))
 )
 def test_wrong_content_type_is_refused(client, content_type):
     assert_refused(post_raw(client, INVOKE, GOOD_BODY, content_type=content_type), 415, 400)
+    feedback = json.dumps({"feedback": []})
+    assert_refused(post_raw(client, FEEDBACK, feedback, content_type=content_type), 415, 400)
 
 
 @pytest.mark.parametrize("content_type",
