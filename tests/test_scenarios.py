@@ -30,11 +30,7 @@ RXNORM, SNOMED, LOINC = SYSTEMS["rxnorm"], SYSTEMS["snomed"], SYSTEMS["loinc"]
 
 # Expectations the engine does not meet yet: (request name) -> the bug, for the team to fix (see the report).
 # Only the expectation test is marked; the golden test records what the engine does today.
-KNOWN_ENGINE_BUGS: dict[str, str] = {
-    "32_e_tbmes__patient-view": "findings (d03b4dc, 'suggest' hedges): the impression 'Findings suggest transient "
-        "bone marrow edema syndrome' is now read as uncertain, so pathway E's TBMES step is never reached and the "
-        "card falls back to bme_differential.nonspecific (no NSAID, no protected weight-bearing)",
-}
+KNOWN_ENGINE_BUGS: dict[str, str] = {}
 
 # -- what a suggestion is, by kind ---------------------------------------------------------------------------------
 # Drug kinds by RxNorm code (ingredient and clinical-drug codes of ../shared/reference/codes-verified.md) and by name.
