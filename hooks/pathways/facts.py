@@ -354,7 +354,7 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     cond = {key: tuple(refs) for key, refs in conditions.items()}
 
     def flag(name: str, *value_sets: str) -> None:
-        refs = tuple(r for v in value_sets for r in cond.get(v, ()))
+        refs = tuple(dict.fromkeys(r for v in value_sets for r in cond.get(v, ())))
         values[name] = bool(refs)
         if refs:
             sources[name] = refs
