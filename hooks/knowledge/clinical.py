@@ -375,7 +375,7 @@ class ClinicalKnowledge:
         self.pathways = pathways.by_id()
 
 
-def _placeholders(template: str) -> set[str]:
+def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
@@ -450,8 +450,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
             for p in step.defer_to:
                 need(p in pathway_ids, "pathways.yaml", place, f"unknown pathway {p!r}")
             for text in (step.summary, step.where, *step.next):
-                unknown = _placeholders(text) - known_text
-                need(not unknown, "pathways.yaml", place, f"unknown placeholders {sorted(unknown)}")
+                unknown = _template_fields(text) - known_text
+                need(not unknown, "pathways.yaml", place, f"unknown template fields {sorted(unknown)}")
             for d in step.also_check:
                 need(d in k.drugs, "pathways.yaml", place, f"unknown drug {d!r}")
             for s in step.services:

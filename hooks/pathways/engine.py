@@ -118,7 +118,7 @@ def fact_text(value: Any) -> str:
 
 
 def text_values(facts: PatientFacts, reassess_date: str | None = None) -> dict[str, str]:
-    """Values for the {placeholders} of the step wording ("unknown" when a fact is unknown)."""
+    """Values for the {fields} of the step wording ("unknown" when a fact is unknown)."""
     values = {name: fact_text(value) for name, value in facts.values.items()}
     values.update({key: "unknown" for key in ("nsaid_trial_due", "response_check_due", "reassess_date")})
     values.update(facts.dates)
@@ -127,7 +127,7 @@ def text_values(facts: PatientFacts, reassess_date: str | None = None) -> dict[s
     return values
 
 
-def _placeholders(text: str) -> list[str]:
+def _template_fields(text: str) -> list[str]:
     import string
 
     return [name for _, name, _, _ in string.Formatter().parse(text) if name]
@@ -196,7 +196,7 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
              if f.concept == concept and not f.historical]
     named = list(ctx.used_facts)
     for text in (step.where, step.summary):
-        named += [n for n in _placeholders(text) if n in facts.values and n not in named]
+        named += [n for n in _template_fields(text) if n in facts.values and n not in named]
     reasons = tuple(Reason(n, k.pathway_file.fact_labels.get(n, n), fact_text(facts.get(n)), tuple(facts.sources.get(n, ())))
                     for n in named)
     options, blocked, already, used = _options(step, facts, k)
