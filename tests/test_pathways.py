@@ -33,6 +33,16 @@ def test_nsaid_trial_days_merge_consecutive_courses_and_current_status():
     assert set(facts.sources["nsaid_trial_days"]) == {"MedicationRequest/m1", "MedicationRequest/m2"}
 
 
+def test_a_medication_given_by_reference_to_a_contained_medication_is_recognised():
+    res = med_request("m1", "0", 40, 5, "completed")
+    del res["medicationCodeableConcept"]
+    res["contained"] = [{"resourceType": "Medication", "id": "med",
+                         "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                              "code": NAPROXEN}]}}]
+    res["medicationReference"] = {"reference": "#med"}
+    assert facts_of(record(meds=[res])).get("nsaid_trial_days") == 35
+
+
 def test_a_gap_longer_than_allowed_starts_a_new_trial():
     rec = record(meds=[med_request("m1", NAPROXEN, 60, 50, "completed"),
                        med_request("m2", NAPROXEN, 30, 10, "completed")])

@@ -136,6 +136,24 @@ def drug_index() -> DrugIndex:
     return _INDEX
 
 
+def medication_concept(resource: Any, record: PatientRecord | None = None) -> Any:
+    """The medication's CodeableConcept: medicationCodeableConcept, else the code of the referenced Medication
+    (contained or in the record)."""
+    concept = getattr(resource, "medicationCodeableConcept", None)
+    if concept is not None:
+        return concept
+    reference = getattr(getattr(resource, "medicationReference", None), "reference", None)
+    if not reference:
+        return None
+    if reference.startswith("#"):
+        for contained in getattr(resource, "contained", None) or ():
+            if getattr(contained, "id", None) == reference[1:]:
+                return getattr(contained, "code", None)
+        return None
+    medication = record.resolve(reference) if record is not None else None
+    return getattr(medication, "code", None) if medication is not None else None
+
+
 def _stop_kind(k: ClinicalKnowledge, reasons: Iterable[Any]) -> str | None:
     kinds = k.medications.response_reasons
     for reason in reasons:
@@ -185,12 +203,13 @@ def order_duration_days(order: Any) -> float | None:
     return None
 
 
-def _exposure(k: ClinicalKnowledge, resource: Any, now: dt.datetime) -> Exposure | None:
+def _exposure(k: ClinicalKnowledge, resource: Any, now: dt.datetime, record: PatientRecord | None = None
+              ) -> Exposure | None:
     kind = resource.get_resource_type()
     status = getattr(resource, "status", None) or "unknown"
     if status in NOT_TAKEN:
         return None
-    drug_id = drug_index().drug_of(getattr(resource, "medicationCodeableConcept", None))
+    drug_id = drug_index().drug_of(medication_concept(resource, record))
     if drug_id is None:
         return None
     drug = k.drugs[drug_id]
@@ -429,7 +448,7 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     # medications
     meds_known = any(key not in record.unavailable for key in MEDICATION_KEYS)
     exposures = tuple(e for e in (
-        _exposure(k, r, now)
+        _exposure(k, r, now, record)
         for r in (*record.medication_requests[:MAX_ITEMS], *record.medication_statements[:MAX_ITEMS])
     ) if e is not None)
     if not meds_known:

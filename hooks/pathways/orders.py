@@ -9,7 +9,7 @@ from hooks.fhirutil import reference_of
 from hooks.knowledge.clinical import ClinicalKnowledge, MedicationAction, OrderCheck, clinical_knowledge
 from hooks.model import FindingSet
 from hooks.pathways.engine import Assessment, MedicationOption, evaluate
-from hooks.pathways.facts import PatientFacts, _matches, drug_index, order_duration_days
+from hooks.pathways.facts import PatientFacts, _matches, drug_index, medication_concept, order_duration_days
 from hooks.safety.checks import DrugSafety, SafetyFlag, evaluate_drug
 
 
@@ -50,7 +50,7 @@ def draft_order(order: Any, k: ClinicalKnowledge) -> DraftOrder:
     drug = kinds = None
     duration = None
     if resource_type == "MedicationRequest":
-        drug = drug_index().drug_of(getattr(order, "medicationCodeableConcept", None))
+        drug = drug_index().drug_of(medication_concept(order))
         duration = order_duration_days(order)
     elif resource_type == "ServiceRequest":
         code = getattr(order, "code", None)
