@@ -427,3 +427,16 @@ def test_suggested_orders_are_draft_coded_dosed_and_reasoned_from_this_record(na
                     if not resource.get("dosageInstruction"):
                         problems.append(f"{where} has no dosageInstruction")
     assert not problems, problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_card_names_its_rule_pathway_and_knowledge_version(name: str) -> None:
+    """Issue 4: each card says which rule (`<pathway>.<step/check>`) and pathway produced it, and which knowledge."""
+    from hooks.knowledge import knowledge_version
+
+    _, body = run(name)
+    for card in cards_of(body):
+        rule, pathway = extension(card, "org.msk-cds.rule"), extension(card, "org.msk-cds.pathway")
+        assert isinstance(rule, str) and re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", rule), rule
+        assert isinstance(pathway, str) and pathway, f"{rule}: no org.msk-cds.pathway"
+        assert extension(card, "org.msk-cds.knowledge-version") == knowledge_version()
