@@ -215,15 +215,21 @@ SCALE_RESOURCES = ((10, 2), (30, 2), (100, 2), (1000, 2))
 SCALE_REPORTS = ((60, 1), (60, 10), (60, 50))
 
 
+def _summaries(data: bytes) -> list[tuple[str, int]]:
+    return [(c.get("summary"), len(c.get("suggestions", ()))) for c in json.loads(data).get("cards", ())]
+
+
 def scale(poster: Poster, calls: int, budget_seconds: float) -> list[dict[str, Any]]:
     """p50 of first-time patient-view on charts of growing size; each size bounded by `calls` and by time."""
     out = []
+    typical = _summaries(poster.post("patient-view", workload.Variants(
+        workload.typical_request("patient-view")).make(9 * 10**5 + 1))[2])
     for resources, reports in SCALE_RESOURCES + SCALE_REPORTS:
         base = workload.sized_request(resources, reports)
         variants = workload.Variants(base)
         bodies = [variants.make(7 * 10**5 + i) for i in range(calls)]
         series = Series(f"{resources} resources, {reports} reports")
-        poster.post("patient-view", variants.make(9 * 10**5))
+        same_cards = _summaries(poster.post("patient-view", variants.make(9 * 10**5))[2]) == typical
         deadline = time.monotonic() + budget_seconds
         for body in bodies:
             poster.timed("patient-view", body, series)
@@ -235,5 +241,5 @@ def scale(poster: Poster, calls: int, budget_seconds: float) -> list[dict[str, A
         for _ in range(max(3, min(series.n, 20))):
             poster.timed("patient-view", again, repeat)
         out.append({"resources": resources, "reports": reports, "bytes": len(bodies[0]), "first": series,
-                    "repeat": repeat})
+                    "repeat": repeat, "same_cards": same_cards})
     return out

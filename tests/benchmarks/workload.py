@@ -4,7 +4,6 @@ compact notation, so they are the same shape of FHIR R4 the fixture tests use.""
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import uuid
 from typing import Any, Iterator
@@ -170,73 +169,76 @@ def fixture_requests() -> dict[str, list[tuple[str, dict[str, Any]]]]:
 
 
 # -- records of growing size ----------------------------------------------------------------------------------------
+# Every size tells the same clinical story as the typical chart (so the same cards come back and only the amount of
+# data changes): its core resources, then clinically neutral history: older unrelated imaging reports (chest X-ray,
+# abdominal ultrasound...), old lab values that no rule reads, inactive unrelated problems, stopped inhalers.
 
-def _report_specs() -> list[dict[str, Any]]:
-    """Every imaging report of the fixture scenarios (their variety is what the NLP sees in practice)."""
-    specs = []
-    for scenario in build.load_scenarios():
-        for report in scenario.get("reports") or ():
-            specs.append(report)
-    return specs
-
-
-_OBS_CYCLE = ("pain", "crp", "egfr", "pain", "vitd", "calcium", "crp", "pain")
-_COND_CYCLE = (
-    "icd10cm|I10|Essential (primary) hypertension",
-    "icd10cm|J45.909|Unspecified asthma, uncomplicated",
-    "icd10cm|E03.9|Hypothyroidism, unspecified",
-    "icd10cm|M54.50|Low back pain, unspecified",
-    "icd10cm|E55.9|Vitamin D deficiency, unspecified",
+# The resources of scenario 06 that carry its clinical story, in the order they are kept when a chart is small.
+CORE_IDS = ("rep-06-mri-si", "rep-06-si-injection", "cond-06-lbp", "med-06-naproxen", "med-06-diclofenac",
+            "obs-06-egfr", "obs-06-igra", "obs-06-hbsag", "obs-06-pain-3")
+NEUTRAL_REPORTS = (
+    ("Chest X-ray, two views", "The lungs are clear. Heart size is normal. No pleural effusion or pneumothorax."),
+    ("Ultrasound of the abdomen", "Normal liver, gallbladder, pancreas, spleen and kidneys. No free fluid."),
+    ("CT of the head without contrast", "No intracranial haemorrhage, mass or acute infarct. Ventricles normal."),
+    ("Echocardiogram", "Normal left ventricular size and systolic function. No significant valve disease."),
+    ("X-ray of the right wrist", "No fracture or dislocation. Joint spaces preserved."),
 )
-_DRUG_CYCLE = ("omeprazole_20", "salbutamol_inh", "ibuprofen_400", "naproxen_500", "metformin_500")
-# Of every 10 filler resources: 6 observations, 2 conditions, 2 medications (labs dominate a real chart).
-_FILL_PATTERN = ("obs", "obs", "cond", "obs", "med", "obs", "obs", "cond", "med", "obs")
+NEUTRAL_CONDITIONS = (
+    "icd10cm|J06.9|Acute upper respiratory infection, unspecified",
+    "icd10cm|H52.13|Myopia, bilateral",
+    "icd10cm|L30.9|Dermatitis, unspecified",
+)
+
+
+def _neutral_report(i: int) -> dict[str, Any]:
+    title, text = NEUTRAL_REPORTS[i % len(NEUTRAL_REPORTS)]
+    return {"id": f"rep-scale-{i}", "loinc": "18748-4|Diagnostic imaging study", "title": title,
+            "days_ago": 400 + 30 * i, "conclusion": f"{text} Accession number SC{i:06d}."}
+
+
+def _neutral_filler(i: int) -> tuple[str, dict[str, Any]]:
+    """(scenario key, spec) of the i-th neutral resource: 6 in 10 old lab values, 2 resolved problems, 2 stopped
+    inhalers (labs dominate a real chart)."""
+    kind = ("obs", "obs", "cond", "obs", "med", "obs", "obs", "cond", "med", "obs")[i % 10]
+    if kind == "obs":
+        code, value = (("calcium", 9.3), ("vitd", 31))[i % 2]
+        return "observations", {"id": f"obs-scale-{i}", "code": code, "value": value, "days_ago": 500 + i}
+    if kind == "cond":
+        return "conditions", {"id": f"cond-scale-{i}", "code": [NEUTRAL_CONDITIONS[i % len(NEUTRAL_CONDITIONS)]],
+                              "onset_days_ago": 900 + i, "clinical": "resolved", "abatement_days_ago": 880 + i}
+    return "medications", {"id": f"med-scale-{i}", "drug": "salbutamol_inh", "status": "stopped",
+                           "start_days_ago": 1400 + i, "end_days_ago": 1300 + i, "dose": "2 puffs as needed"}
 
 
 def sized_scenario(resources: int, reports: int) -> dict[str, Any]:
-    """A chart of exactly `resources` prefetch resources, `reports` of them imaging reports (cycled from the fixture
-    reports), the rest observations, conditions and medications; the Patient counts as one."""
-    if resources < reports + 1:
-        raise ValueError("need room for the Patient and the reports")
-    base = typical_scenario()
-    report_pool = _report_specs()
-    scenario: dict[str, Any] = {
-        "name": f"scale_{resources}r_{reports}dr",
-        "now": base["now"],
-        "patient": base["patient"],
-        "reports": [],
-        "conditions": [],
-        "medications": [],
-        "observations": [],
-        "allergies": [],
-        "hooks": {"patient-view": {}},
-    }
-    for i in range(reports):
-        spec = copy.deepcopy(report_pool[i % len(report_pool)])
-        spec["id"] = f"rep-scale-{i}"
-        spec["days_ago"] = 5 + i * 7
-        scenario["reports"].append(spec)
-    pattern = itertools.cycle(_FILL_PATTERN)
-    for i in range(resources - reports - 1):
-        kind = next(pattern)
-        if kind == "obs":
-            code = _OBS_CYCLE[i % len(_OBS_CYCLE)]
-            value = {"pain": 6, "crp": 11, "egfr": 95, "vitd": 28, "calcium": 9.3}[code]
-            scenario["observations"].append({"id": f"obs-scale-{i}", "code": code, "value": value,
-                                             "days_ago": 3 + i})
-        elif kind == "cond":
-            scenario["conditions"].append({"id": f"cond-scale-{i}", "code": [_COND_CYCLE[i % len(_COND_CYCLE)]],
-                                           "onset_days_ago": 100 + i})
-        else:
-            scenario["medications"].append({"id": f"med-scale-{i}", "drug": _DRUG_CYCLE[i % len(_DRUG_CYCLE)],
-                                            "status": "stopped", "start_days_ago": 400 + i,
-                                            "end_days_ago": 380 + i, "dose": "as directed"})
+    """A chart of exactly `resources` prefetch resources (the Patient counts as one), `reports` of them imaging
+    reports: the typical chart's story, cut down or padded with neutral history."""
+    typical = typical_scenario()
+    if reports < 1 or resources < reports + 1 + len(CORE_IDS) - 2:
+        raise ValueError("too small for the typical chart's core")
+    by_id = {spec["id"]: (key, spec) for key in ("reports", "conditions", "medications", "observations",
+                                                  "allergies") for spec in typical.get(key) or ()}
+    scenario: dict[str, Any] = {"name": f"scale_{resources}r_{reports}dr", "now": typical["now"],
+                                "patient": typical["patient"], "reports": [], "conditions": [], "medications": [],
+                                "observations": [], "allergies": [], "hooks": {"patient-view": {}}}
+    typical_reports = [spec for spec in typical["reports"]][:reports]
+    scenario["reports"] = copy.deepcopy(typical_reports)
+    scenario["reports"] += [_neutral_report(i) for i in range(reports - len(typical_reports))]
+    # the core first, then the rest of the typical chart, then neutral filler
+    others = [i for i in CORE_IDS if by_id[i][0] != "reports"] + [
+        spec_id for spec_id, (key, _) in by_id.items() if key != "reports" and spec_id not in CORE_IDS]
+    room = resources - 1 - reports
+    for spec_id in others[:room]:
+        key, spec = by_id[spec_id]
+        scenario[key].append(copy.deepcopy(spec))
+    for i in range(max(room - len(others), 0)):
+        key, spec = _neutral_filler(i)
+        scenario[key].append(spec)
     return scenario
 
 
 def sized_request(resources: int, reports: int) -> dict[str, Any]:
-    scenario = sized_scenario(resources, reports)
-    return build.build_request(scenario, "patient-view")
+    return build.build_request(sized_scenario(resources, reports), "patient-view")
 
 
 def typical_request(hook: str) -> dict[str, Any]:
