@@ -164,6 +164,7 @@ def init_app(app: Flask) -> None:
             "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
             "iss": g.get("jwt_iss"),
             "jti": g.get("jwt_jti"),
+            "tenant": g.get("jwt_tenant"),
             "reason": g.get("auth_reason"),
         }
         fields["service"] = g.get("cds_service_id")
