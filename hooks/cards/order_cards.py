@@ -14,9 +14,11 @@ from hooks.pathways.orders import OrderIssue
 
 
 def _drug_name(issue: OrderIssue, k: ClinicalKnowledge) -> str:
+    if issue.draft.display:
+        return issue.draft.display
     if issue.draft.drug:
         return k.drugs[issue.draft.drug].name
-    return ", ".join(issue.draft.kinds) or issue.draft.resource_type
+    return issue.draft.resource_type
 
 
 def _source(issue: OrderIssue, citations: list[str], k: ClinicalKnowledge) -> dict[str, Any]:
@@ -81,6 +83,8 @@ def order_card(issue: OrderIssue, reason: str | None, cctx: CardContext, k: Clin
     ref = issue.draft.reference
     drug_name = _drug_name(issue, k)
     where = text.order_check_where.format(reference=md.escape(ref), drug=md.escape(drug_name))
+    if issue.draft.duration_days is not None:
+        where += " " + text.draft_duration.format(days=f"{issue.draft.duration_days:g}")
     lines: list[str] = []
     citations: list[str] = []
     suggestions: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 from hooks.cards import markdown as md
 from hooks.cards.suggestions import OrderContext, create, medication_request, service_request, unverified_codes
-from hooks.knowledge import knowledge_version, load_yaml
+from hooks.knowledge import KnowledgeError, knowledge_version, load_yaml
 from hooks.knowledge.clinical import ClinicalKnowledge, Pathway
 from hooks.model import Finding
 from hooks.pathways.engine import Assessment, MedicationOption
@@ -33,7 +33,7 @@ def card_uuid(hook_instance: str, rule: str, index: int | str) -> str:
 def _concept_labels() -> dict[str, str]:
     try:
         data = load_yaml("concepts.yaml")
-    except Exception:          # B's file may not exist yet; labels then come from the ids
+    except KnowledgeError:          # without the concept file, labels come from the concept ids
         return {}
     concepts = data.get("concepts") if isinstance(data, Mapping) else None
     items = concepts.items() if isinstance(concepts, Mapping) else (

@@ -336,6 +336,7 @@ class CardText(StrictModel):
     guidance_reassess: str
     order_check_where: str
     current_step: str
+    draft_duration: str
     held: str
     all_blocked: str
 

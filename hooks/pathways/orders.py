@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from hooks.fhirutil import reference_of
+from hooks.fhirutil import concept_text, reference_of
 from hooks.knowledge.clinical import ClinicalKnowledge, MedicationAction, OrderCheck, clinical_knowledge
 from hooks.model import FindingSet
 from hooks.pathways.engine import Assessment, MedicationOption, evaluate
@@ -22,6 +22,7 @@ class DraftOrder:
     drug: str | None
     kinds: tuple[str, ...]
     duration_days: float | None
+    display: str | None = None      # the draft's own text (from the resource: escape before display)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def draft_order(order: Any, k: ClinicalKnowledge) -> DraftOrder:
     elif resource_type == "ServiceRequest":
         code = getattr(order, "code", None)
         kinds = tuple(name for name, vs in k.services.order_kinds.items() if code is not None and _matches(code, vs))
-    return DraftOrder(reference_of(order), resource_type, drug, kinds or (), duration)
+    concept = medication_concept(order) if resource_type == "MedicationRequest" else getattr(order, "code", None)
+    return DraftOrder(reference_of(order), resource_type, drug, kinds or (), duration, concept_text(concept))
 
 
 def _matches_check(check: OrderCheck, draft: DraftOrder, k: ClinicalKnowledge) -> bool:
