@@ -303,3 +303,14 @@ def test_a_warn_flag_on_a_suggested_drug_makes_the_card_a_warning():
                                observation("h", "5196-1", result="negative")])
     card = cards_for(rec, findings("active_sacroiliitis"))[0]
     assert card["indicator"] == "warning" and card["overrideReasons"] and "tuberculosis" in card["detail"]
+
+
+def test_every_file_in_the_manifest_loads_and_the_clinical_files_are_listed():
+    from hooks.knowledge import load_yaml, manifest
+
+    files = manifest().files
+    for name in ("pathways.yaml", "medications.yaml", "safety.yaml", "evidence.yaml", "conditions.yaml",
+                 "service_codes.yaml"):
+        assert name in files
+    for name in files:
+        assert load_yaml(name) is not None

@@ -404,6 +404,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
         for services in (check.params.get("orders") or {}).values():
             for s in services:
                 need(s in k.services.services, "safety.yaml", place, f"unknown service {s!r}")
+    need({"nsaid", "sulfonamide"} <= set(k.safety.allergy_classes), "safety.yaml", "allergy_classes",
+         "the checks read the nsaid and sulfonamide allergy classes")
     for name, allergy in k.safety.allergy_classes.items():
         for d in allergy.drugs:
             need(d in k.drugs, "safety.yaml", f"allergy_classes.{name}", f"unknown drug {d!r}")
@@ -411,6 +413,9 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
          "the engine needs the gi_risk and biologic_screening checks")
 
     pathway_ids = set(k.pathways)
+    for value_set in ("pregnancy", "diabetes", "charcot", "peptic_ulcer_or_gi_bleed", "active_serious_infection",
+                      "ibd", "demyelinating_disease", "athlete", "postpartum", "hip_pain", "low_back_pain"):
+        need(value_set in k.value_sets, "conditions.yaml", "value_sets", f"the facts read value set {value_set!r}")
 
     def check_cond(cond: Cond, file: str, place: str) -> None:
         for node in cond.walk():
