@@ -178,33 +178,26 @@ def staleness_guard(app_factory: Callable[[str], Any]) -> list[dict[str, Any]]:
 
 def _cold_answer(app_factory: Callable[[str], Any], request: dict[str, Any]) -> Any:
     """The answer with every per-content cache emptied: what a process that never saw the chart says."""
-    from hooks.record import MODEL_CACHE
-
-    MODEL_CACHE.clear()
-    for clear in _findings_cache_clearers():
+    for clear in _content_cache_clearers():
         clear()
     return _cards(Poster(app_factory("stale-cold")).post("patient-view", workload.encode(request))[2])
 
 
-def _findings_cache_clearers() -> list[Callable[[], None]]:
-    """Clear functions of the findings package's per-report caches, when it has any (found by name, not assumed)."""
-    import importlib
-    import pkgutil
+def _content_cache_clearers() -> list[Callable[[], None]]:
+    """`clear` of every module-level cache of the hooks package (validated models, report findings, report text,
+    built suggestions...), found by name so a cache added later is emptied too. Loaders memoised with lru_cache
+    (knowledge, NLP pipeline) are start-up state, not patient data, and are kept."""
+    import sys
 
     out: list[Callable[[], None]] = []
-    try:
-        package = importlib.import_module("hooks.findings")
-    except ImportError:
-        return out
-    modules = [package] + [importlib.import_module(f"hooks.findings.{m.name}")
-                           for m in pkgutil.iter_modules(package.__path__)]
-    for module in modules:
-        for name in dir(module):
-            value = getattr(module, name)
-            if "cache" in name.lower() and callable(getattr(value, "clear", None)) and not isinstance(value, type):
+    for name, module in list(sys.modules.items()):
+        if not (name == "hooks" or name.startswith("hooks.")) or module is None:
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, type) or callable(value) and not hasattr(value, "clear"):
+                continue
+            if ("cache" in attr.lower() or attr == "_BUILT") and callable(getattr(value, "clear", None)):
                 out.append(value.clear)
-            elif name in ("clear_caches", "clear_cache", "clear_report_cache") and callable(value):
-                out.append(value)
     return out
 
 
