@@ -11,8 +11,6 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-import numpy
-
 from hooks.findings.catalogue import Compiled, compiled
 from hooks.model import Evidence, Finding
 
@@ -375,7 +373,7 @@ def findings_from_text(text: str, reference: str, element: str | None = None) ->
     with pipe.lock:
         doc = pipe.doc(text, targets)
         # Sentence boundaries from one array read (Doc.sents walks every token in Python for each sentence).
-        starts = [int(i) for i in numpy.flatnonzero(doc.to_array("SENT_START") == 1)] or [0]
+        starts = [i for i, flag in enumerate(doc.to_array("SENT_START").tolist()) if flag == 1] or [0]
         if starts[0] != 0:
             starts.insert(0, 0)
         by_sentence: dict[int, list[Any]] = {}
