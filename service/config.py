@@ -62,6 +62,22 @@ def as_instant(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
+def as_url_list(value: Any) -> tuple[str, ...]:
+    """Comma-separated absolute http(s) base URLs, normalised (lower-case scheme and host, no trailing slash)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest:
+            raise ValueError("expected absolute http(s) URLs")
+        host, slash, path = rest.partition("/")
+        out.append(f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/"))
+    return tuple(out)
+
+
 def as_raw(value: Any) -> Any:
     """Kept as given; the module that owns the setting interprets it."""
     return value
@@ -88,6 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_MAX_PAGES", 10, as_int, "searchset pages followed per prefetch key"),
     Setting("FHIR_FETCH_WORKERS", 4, as_int, "threads fetching missing prefetch keys concurrently"),
     Setting("FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, as_int, "largest FHIR response page read"),
+    Setting("FHIR_SERVER_ALLOWLIST", (), as_url_list,
+            "comma-separated fhirServer base URLs the service may read from (empty: any; set it in production)"),
     Setting("AUTH_DISABLED", False, as_bool, "development only: accept calls without a JWT"),
     Setting("TRUSTED_ISSUERS", None, as_raw, "JSON: trusted JWT issuers and their keys"),
     Setting("TRUSTED_ISSUERS_FILE", None, as_str, "path of a JSON or YAML file with the trusted issuers"),

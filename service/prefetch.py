@@ -2,6 +2,7 @@
 from fhirServer, and decide what is unobtainable. Required keys that cannot be had -> 412."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -13,6 +14,8 @@ from service import fhirfetch, metrics
 from service.errors import CdsError, Issue
 from service.hookcall import HookCall
 from service.templates import TemplateError, render, token_values
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def resolve(definition: CdsServiceDefinition, call: HookCall) -> ResolvedPrefetc
     unavailable = {key for key, url in missing.items() if url is None}
     fetchable = {key: url for key, url in missing.items() if url is not None}
     fetched = 0
-    if call.fhir_server and (fetchable or to_continue):
+    if call.fhir_server and (fetchable or to_continue) and fhir_server_allowed(call.fhir_server, config):
         client = fhirfetch.FhirClient(
             base_url=call.fhir_server,
             access_token=call.fhir_authorization.access_token if call.fhir_authorization else None,
@@ -89,6 +92,21 @@ def resolve(definition: CdsServiceDefinition, call: HookCall) -> ResolvedPrefetc
             for key in lacking
         ])
     return ResolvedPrefetch(data, frozenset(unavailable), provided, fetched)
+
+
+def fhir_server_allowed(fhir_server: str, config: Mapping[str, Any]) -> bool:
+    """With FHIR_SERVER_ALLOWLIST set, only listed servers (or paths below them) are read, so a caller cannot make
+    the service send requests, and the access token, anywhere else. An empty list allows any server."""
+    allowlist = config.get("FHIR_SERVER_ALLOWLIST") or ()
+    if not allowlist:
+        return True
+    scheme, _, rest = fhir_server.partition("://")
+    host, slash, path = rest.partition("/")
+    normalised = f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/")
+    if any(normalised == allowed or normalised.startswith(allowed + "/") for allowed in allowlist):
+        return True
+    logger.warning("fhir_server_not_allowed", extra={"reason": "fhir_server_not_on_allowlist"})
+    return False
 
 
 class _Absent:
