@@ -264,7 +264,7 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
     rep.table(LATENCY_HEADER, rows)
 
     # -- stage split and floor
-    rep.heading("Stage split and the floor")
+    rep.heading("2. Stage split and the floor")
     floor_s = r["floor"].summary()
     rep.text(
         f"The floor: a bare Flask app in the same process, one route that `json.loads` the same request body and "
@@ -350,7 +350,7 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
                         verdict(p50, T_1000_MS)])
 
     # -- HTTP
-    rep.heading("2. HTTP under gunicorn (loopback)")
+    rep.heading("4. HTTP under gunicorn (loopback)")
     http = r.get("http")
     if not http:
         rep.text("Skipped (--skip-http).")
@@ -396,7 +396,7 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
                             f"{run['rps']:.0f} req/s, p99 {fmt_ms(lat['p99'])} ms", "PASS" if ok else "MISS"])
 
     # -- cold start and memory
-    rep.heading("4. Cold start and memory")
+    rep.heading("5. Cold start and memory")
     rows = []
     for server_run in http or ():
         if "error" in server_run:
@@ -450,7 +450,7 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
                         f"{worst_rss:.0f} MB", verdict(worst_rss, T_RSS_MB)])
 
     # -- staleness
-    rep.heading("Staleness guard")
+    rep.heading("6. Staleness guard")
     rep.text("After the typical chart was answered twice (everything cached), one resource is changed under the "
              "same id; the warm process must answer the changed chart, and that answer must equal the one a process "
              "with emptied caches gives.")
@@ -459,10 +459,10 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
                for s in stale])
 
     # -- targets and profiles
-    rep.heading("Targets")
+    rep.heading("7. Targets")
     rep.table(["target", "goal", "measured", "verdict"], targets)
     rep.text("The ratio to the floor, per stage, is in the stage tables above (a report, not a pass/fail target).")
-    rep.heading("Where the time goes (cProfile)")
+    rep.heading("8. Where the time goes (cProfile)")
     rep.text("Self time per component, per call (cProfile roughly doubles call-heavy Python, so compare shares, "
              "not totals with the tables above), and the functions with the most cumulative time.")
     for name, prof in r["profiles"].items():
