@@ -4,4 +4,4 @@ The settings live in the package (service/gunicorn_conf.py) so an installed serv
 `msk-cds serve --production` uses the same module.
 """
 from service.gunicorn_conf import *  # noqa: F401,F403
-from service.gunicorn_conf import child_exit, on_exit, post_fork, when_ready  # noqa: F401  (hooks by name)
+from service.gunicorn_conf import child_exit, on_exit, post_fork, pre_fork, when_ready  # noqa: F401  (hooks by name)

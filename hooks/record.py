@@ -37,7 +37,7 @@ class SkippedResource:
 class _ModelCache:
     """Bounded LRU of validated models keyed by (resourceType, content hash). Thread-safe."""
 
-    def __init__(self, max_entries: int = 8192) -> None:
+    def __init__(self, max_entries: int = 4096) -> None:
         self._entries: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
@@ -137,6 +137,26 @@ def _iter_raw(source: str, value: Any) -> Iterator[tuple[str, Mapping[str, Any]]
     yield source, value
 
 
+def _raw_has_code(resource: Mapping[str, Any], codes: frozenset[tuple[str, str]]) -> bool:
+    """Whether a raw resource dict's `code.coding` has one of `codes`; anything malformed is kept (validation
+    then reports it) rather than silently dropped."""
+    concept = resource.get("code")
+    if not isinstance(concept, Mapping):
+        return concept is not None
+    coding = concept.get("coding")
+    if not isinstance(coding, list):
+        return coding is not None
+    for item in coding:
+        if not isinstance(item, Mapping):
+            return True
+        system, code = item.get("system"), item.get("code")
+        if not (isinstance(system, (str, type(None))) and isinstance(code, (str, type(None)))):
+            return True
+        if (system, code) in codes:
+            return True
+    return False
+
+
 class PatientRecord:
     """Typed view of the data one request resolved. Build it with `PatientRecord.from_prefetch`."""
 
@@ -149,6 +169,7 @@ class PatientRecord:
         self._raw_by_type = raw_by_type
         self._draft_raw = draft_orders_raw or []
         self._typed: dict[str, tuple[Any, ...]] = {}
+        self._coded: dict[tuple[str, frozenset[tuple[str, str]]], tuple[Any, ...]] = {}
         self._draft_typed: tuple[Any, ...] | None = None
         self._skipped: list[SkippedResource] = []
         self._by_reference: dict[str, Any] | None = None
@@ -202,6 +223,25 @@ class PatientRecord:
             if typed is None:
                 typed = self._validate_all(self._raw_by_type.get(resource_type, ()))
                 self._typed[resource_type] = typed
+        return typed
+
+    def of_type_coded(self, resource_type: str, codes: frozenset[tuple[str, str]]) -> tuple[Any, ...]:
+        """Valid resources of one type whose `code` carries one of `codes` ((system, code) pairs, exact match),
+        validating only those: a long lab history costs nothing for the codes no rule reads. Resources with
+        other codes are neither validated nor reported as skipped."""
+        if resource_type in self._typed:
+            return tuple(m for m in self._typed[resource_type]
+                         if any((c.system, c.code) in codes for c in getattr(getattr(m, "code", None), "coding", None) or ()))
+        key = (resource_type, codes)
+        typed = self._coded.get(key)
+        if typed is not None:
+            return typed
+        with self._lock:
+            typed = self._coded.get(key)
+            if typed is None:
+                wanted = [(s, r) for s, r in self._raw_by_type.get(resource_type, ()) if _raw_has_code(r, codes)]
+                typed = self._validate_all(wanted)
+                self._coded[key] = typed
         return typed
 
     def _validate_all(self, raws: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[Any, ...]:

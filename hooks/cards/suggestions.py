@@ -33,27 +33,39 @@ class OrderContext:
 
 
 # Validated-and-dumped resources by content. Building one costs milliseconds (R4B validation and fhir_core's
-# dump); the same draft for the same patient, user and day comes back at every hook of an ordering session.
+# dump). The per-patient fields (subject, requester, reasonReference) are left out of the key and put back after:
+# they are plain references that validate the same whatever id they name, so one validation of a (drug, dosing,
+# intent, day) serves every patient, and the same draft coming back at every hook of a session costs no validation.
 _BUILT: OrderedDict[bytes, bytes] = OrderedDict()
 _BUILT_LOCK = threading.Lock()
 _BUILT_MAX = 2048
+_PER_PATIENT = {
+    "subject": {"reference": "Patient/template"},
+    "requester": {"reference": "Practitioner/template"},
+    "reasonReference": [{"reference": "Condition/template"}],
+}
 
 
 def _validated(model: Any, data: Mapping[str, Any]) -> dict[str, Any]:
-    """`model.model_validate(data).model_dump(mode="json")`, computed once per distinct content; a new dict each
-    call so callers may change it."""
-    key = model.__name__.encode() + b"\0" + orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    """`model.model_validate(data).model_dump(mode="json")`, validated once per distinct content apart from the
+    per-patient references; a new dict each call so callers may change it."""
+    template = {name: (_PER_PATIENT[name] if name in _PER_PATIENT else value) for name, value in data.items()}
+    key = model.__name__.encode() + b"\0" + orjson.dumps(template, option=orjson.OPT_SORT_KEYS)
     with _BUILT_LOCK:
         built = _BUILT.get(key)
         if built is not None:
             _BUILT.move_to_end(key)
     if built is None:
-        built = orjson.dumps(model.model_validate(data).model_dump(mode="json"))
+        built = orjson.dumps(model.model_validate(template).model_dump(mode="json"))
         with _BUILT_LOCK:
             _BUILT[key] = built
             while len(_BUILT) > _BUILT_MAX:
                 _BUILT.popitem(last=False)
-    return orjson.loads(built)
+    out = orjson.loads(built)
+    for name in _PER_PATIENT:
+        if name in data:
+            out[name] = orjson.loads(orjson.dumps(data[name]))
+    return out
 
 
 def coding_json(coding: Coding) -> dict[str, Any]:

@@ -277,7 +277,7 @@ def _observations_by_id(record: PatientRecord, now: dt.datetime) -> dict[str, li
     catalogue = observation_catalogue()
     code_to_id = {(c.system, c.code): o.id for o in catalogue.observations for c in o.codings}
     out: dict[str, list[tuple[dt.datetime, Any]]] = {}
-    for obs in record.observations[:MAX_ITEMS]:
+    for obs in record.of_type_coded("Observation", frozenset(code_to_id))[:MAX_ITEMS]:
         if getattr(obs, "status", None) in ("entered-in-error", "cancelled", "registered"):
             continue
         obs_id = next((code_to_id[p] for p in codings(getattr(obs, "code", None)) if p in code_to_id), None)
