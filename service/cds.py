@@ -60,7 +60,8 @@ def invoke(service_id: str) -> Response:
     # g.cds_* fields are what service.logs writes on the request line (PHI-free counts and ids).
     g.cds_service_id = definition.id
     body = json_body()
-    call = validate_call(body, definition.hook)
+    call = validate_call(body, definition.hook,
+                         allow_insecure_http=bool(current_app.config.get("FHIR_ALLOW_INSECURE_HTTP")))
     g.cds_hook_instance = call.hook_instance
     resolved = prefetch.resolve(definition, call)
     g.cds_prefetch = {"provided": resolved.provided, "fetched": resolved.fetched,

@@ -106,6 +106,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, as_int, "largest FHIR response page read"),
     Setting("FHIR_SERVER_ALLOWLIST", (), as_url_list,
             "comma-separated fhirServer base URLs the service may read from (empty: any; set it in production)"),
+    Setting("FHIR_ALLOW_INSECURE_HTTP", False, as_bool,
+            "development only: accept fhirAuthorization with an http:// fhirServer (else 400; a warning per call)"),
     Setting("AUTH_DISABLED", False, as_bool, "development only: accept calls without a JWT"),
     Setting("TRUSTED_ISSUERS", None, as_raw, "JSON: trusted JWT issuers and their keys"),
     Setting("TRUSTED_ISSUERS_FILE", None, as_str, "path of a JSON or YAML file with the trusted issuers"),

@@ -1,7 +1,14 @@
 """Validation of a CDS Hooks 2.0 service request (hook, hookInstance, fhirServer, fhirAuthorization, context,
-prefetch) into a `HookCall`. Collects every problem and raises one CdsError naming each path and reason."""
+prefetch) into a `HookCall`. Collects every problem and raises one CdsError naming each path and reason.
+
+Two rules protect the FHIR access token beyond the field checks: it is never accepted for a plain-http fhirServer
+(CDS Hooks 2.0: fhirServer MUST be https with production data; FHIR_ALLOW_INSECURE_HTTP relaxes this for
+development), and a token scoped to one patient (fhirAuthorization.patient) is never used for another
+(context.patientId). Without fhirAuthorization an http fhirServer stays allowed: no token can leak, and the CDS
+Hooks Sandbox with an open local FHIR server sends none."""
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -9,6 +16,8 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from service.errors import CdsError, Issue
+
+logger = logging.getLogger(__name__)
 
 # FHIR id: [A-Za-z0-9\-\.]{1,64}
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -190,8 +199,18 @@ def _safe_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", key) else "(key)"
 
 
-def validate_call(body: Mapping[str, Any], service_hook: str) -> HookCall:
-    """Check a service request against CDS Hooks 2.0 and the service's hook; raise CdsError(400) listing all."""
+def _is_plain_http(url: str) -> bool:
+    try:
+        return urlsplit(url).scheme == "http"          # urlsplit lower-cases the scheme
+    except ValueError:
+        return False
+
+
+def validate_call(body: Mapping[str, Any], service_hook: str, *, allow_insecure_http: bool = False) -> HookCall:
+    """Check a service request against CDS Hooks 2.0 and the service's hook; raise CdsError(400) listing all.
+
+    allow_insecure_http (setting FHIR_ALLOW_INSECURE_HTTP): accept fhirAuthorization with an http:// fhirServer,
+    logging one warning; otherwise that is a 400 naming fhirServer, before anything is fetched."""
     issues: list[Issue] = []
     hook = body.get("hook")
     if not _is_nonempty_str(hook):
@@ -214,12 +233,24 @@ def validate_call(body: Mapping[str, Any], service_hook: str) -> HookCall:
         if "fhirServer" not in body:
             issues.append(Issue("fhirAuthorization requires fhirServer", "fhirServer"))
         authorization = _check_authorization(body["fhirAuthorization"], issues)
+    insecure_token = "fhirAuthorization" in body and fhir_server is not None and _is_plain_http(fhir_server)
+    if insecure_token and not allow_insecure_http:
+        issues.append(Issue("must be https when fhirAuthorization is sent (the access token is never sent over "
+                            "plain http)", "fhirServer"))
     context = body.get("context")
     if "context" not in body:
         issues.append(Issue("required object", "context"))
     else:
         _check_context(service_hook, context, issues)
+        patient_id = context.get("patientId") if isinstance(context, dict) else None
+        if authorization is not None and authorization.patient is not None and isinstance(patient_id, str) \
+                and FHIR_ID.match(patient_id) and authorization.patient != patient_id:
+            issues.append(Issue("does not match context.patientId (the token is scoped to another patient)",
+                                "fhirAuthorization.patient"))
     prefetch = _check_prefetch(body.get("prefetch"), issues)
     if issues:
         raise CdsError.invalid(issues)
+    if insecure_token:
+        # allowed by FHIR_ALLOW_INSECURE_HTTP; the event name and reason only (no URL, no token)
+        logger.warning("fhir_server_insecure_http", extra={"reason": "fhir_authorization_with_http_fhir_server"})
     return HookCall(service_hook, hook_instance, context, prefetch, fhir_server, authorization)
