@@ -6,7 +6,7 @@ so a bad file stops start-up with a `KnowledgeError` naming the file, the place 
 from __future__ import annotations
 
 import string
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, Mapping
 
 from pydantic import Field, model_validator
@@ -125,6 +125,11 @@ class ValueSet(StrictModel):
     phrases: list[str] = Field(default_factory=list)
     all_words: list[str] = Field(default_factory=list)     # matches when every word appears in the text
 
+    @cached_property
+    def code_pairs(self) -> frozenset[tuple[str, str]]:
+        """(system, code) of every coding, built once: rules match every condition against every value set."""
+        return frozenset((c.system, c.code) for c in self.codings)
+
 
 class ConditionsFile(StrictModel):
     value_sets: dict[str, ValueSet]
@@ -184,6 +189,11 @@ class AllergyClass(StrictModel):
     drugs: list[str]
     codings: list[Coding]
     phrases: list[str]
+
+    @cached_property
+    def value_set(self) -> "ValueSet":
+        """Its codings and phrases as a value set, for matching an AllergyIntolerance code like a condition."""
+        return ValueSet(codings=self.codings, phrases=self.phrases)
 
 
 class OverrideReason(StrictModel):
@@ -374,6 +384,8 @@ class ClinicalKnowledge:
         self.checks = safety.by_id()
         self.pathway_file = pathways
         self.pathways = pathways.by_id()
+        #: Lookups derived from this knowledge and memoised by the rules (they die with it, never go stale).
+        self.derived: dict[str, dict[Any, Any]] = {}
 
 
 def _template_fields(template: str) -> set[str]:

@@ -74,11 +74,29 @@ def _lower(text: str | None) -> str:
 
 
 def _matches(concept: Any, value_set: ValueSet) -> bool:
-    codes = {(c.system, c.code) for c in value_set.codings}
+    codes = value_set.code_pairs
     if any(pair in codes for pair in codings(concept)):
         return True
     text = _lower(concept_text(concept)) + " " + _lower(getattr(concept, "text", None))
     return text_matches(text, value_set)
+
+
+_VALUE_SET_MEMO_MAX = 4096
+
+
+def _value_sets_of(concept: Any, k: ClinicalKnowledge) -> tuple[str, ...]:
+    """Ids of the knowledge value sets a CodeableConcept matches, in data order. Memoised per knowledge base on
+    the concept's content (codings and text): the same problem list comes back at every hook of a session, and
+    each condition is otherwise matched against every value set."""
+    key = (tuple(codings(concept)), concept_text(concept), getattr(concept, "text", None))
+    memo = k.derived.setdefault("condition_value_sets", {})
+    found = memo.get(key)
+    if found is None:
+        found = tuple(vs_id for vs_id, value_set in k.value_sets.items() if _matches(concept, value_set))
+        if len(memo) >= _VALUE_SET_MEMO_MAX:
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 def text_matches(text: str, value_set: ValueSet) -> bool:
@@ -332,7 +350,7 @@ def _allergy_classes(k: ClinicalKnowledge, record: PatientRecord) -> dict[str, t
         for name, spec in k.safety.allergy_classes.items():
             by_drug = drug_id is not None and (
                 drug_id in spec.drugs or bool(set(k.drugs[drug_id].classes) & set(spec.drug_classes)))
-            if by_drug or _matches(code, ValueSet(codings=spec.codings, phrases=spec.phrases)):
+            if by_drug or _matches(code, spec.value_set):
                 found.setdefault(name, []).append(reference_of(allergy))
     return {name: tuple(refs) for name, refs in found.items()}
 
@@ -359,9 +377,7 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     onsets: dict[str, list[dt.datetime]] = {}
     for condition in record.conditions[:MAX_ITEMS]:
         active = condition_is_active(condition)
-        for vs_id, value_set in k.value_sets.items():
-            if not _matches(getattr(condition, "code", None), value_set):
-                continue
+        for vs_id in _value_sets_of(getattr(condition, "code", None), k):
             # a past ulcer or bleed is a GI risk factor even when resolved
             if active or vs_id == "peptic_ulcer_or_gi_bleed" and _status_code(
                     getattr(condition, "verificationStatus", None)) not in REFUTED:
