@@ -464,3 +464,35 @@ def test_thousands_of_context_keys(client):
     request = hook_request(SERVICE_IDS[0])
     request["context"].update({f"extra{i}": i for i in range(3000)})
     assert_not_500(post_raw(client, INVOKE, json.dumps(request)))
+
+
+# -- the depth bound works on the bytes: it must agree with a walk of the parsed value ------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from service.jsonbody import _depth_exceeds  # noqa: E402
+
+_JSON_TEXT = st.text(alphabet=st.sampled_from(list('ab[]{}"\\\u00e9\n')), max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _JSON_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_JSON_TEXT, children, max_size=4),
+    max_leaves=40,
+)
+
+
+def _walked_depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_walked_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_walked_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_depth_bound_on_bytes_agrees_with_the_parsed_value(value, ascii_only):
+    """Brackets, quotes and backslashes inside strings (escaped or not, ASCII or UTF-8) never move the count."""
+    data = json.dumps(value, ensure_ascii=ascii_only).encode()
+    depth = _walked_depth(value)
+    assert not _depth_exceeds(data, depth)
+    if depth:
+        assert _depth_exceeds(data, depth - 1)
