@@ -235,6 +235,24 @@ def test_response_is_cds_hooks_conformant(name: str) -> None:
     assert check_response(body) == []
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_accepting_every_card_never_orders_the_same_thing_twice(name: str) -> None:
+    """Across the cards of one answer, an order offered on its own in an "any" card is offered only once
+    (scenario 15: osteomyelitis and Charcot cards both want the diabetic foot team referral)."""
+    status, body = run(name)
+    seen: list[tuple[Any, ...]] = []
+    for card in body.get("cards", []):
+        if card.get("selectionBehavior") != "any":
+            continue
+        for suggestion in card.get("suggestions", []):
+            creates = [a["resource"] for a in suggestion["actions"] if a["type"] == "create"]
+            if len(creates) == 1:
+                concept = creates[0].get("code") or creates[0].get("medicationCodeableConcept") or {}
+                seen.append((creates[0]["resourceType"],
+                             tuple((c.get("system"), c.get("code")) for c in concept.get("coding", []))))
+    assert len(seen) == len(set(seen)), seen
+
+
 @lru_cache(maxsize=None)
 def verified_codes() -> frozenset[tuple[str, str]]:
     """(system, code) of every coding marked `verified: true` anywhere in the knowledge data."""

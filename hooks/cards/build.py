@@ -38,8 +38,37 @@ def patient_view_cards(request: HookRequest, k: ClinicalKnowledge | None = None)
         return HookResult()
     facts = patient_facts(request.record, request.now, k)
     cctx = _context(request, "proposal")
-    cards = tuple(pathway_card(a, facts, cctx, k) for a in assess(findings, facts, k))
-    return HookResult(cards=cards)
+    cards = [pathway_card(a, facts, cctx, k) for a in assess(findings, facts, k)]
+    return HookResult(cards=tuple(_without_repeated_orders(cards)))
+
+
+def _order_key(action: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    resource = action.get("resource") if action.get("type") == "create" else None
+    if not isinstance(resource, Mapping):
+        return None
+    concept = resource.get("code") or resource.get("medicationCodeableConcept") or {}
+    return (resource.get("resourceType"),
+            tuple((c.get("system"), c.get("code")) for c in concept.get("coding", ())))
+
+
+def _without_repeated_orders(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two pathways may suggest the same order (osteomyelitis and Charcot both refer to the diabetic foot team):
+    in an "any" card, a single-order suggestion already offered by an earlier card is dropped, so accepting every
+    card's suggestions never orders the same thing twice. Alternatives (at-most-one) are left whole."""
+    offered: set[tuple[Any, ...]] = set()
+    for card in cards:
+        suggestions = card.get("suggestions") or []
+        keys = [[_order_key(a) for a in s.get("actions", ())] for s in suggestions]
+        if card.get("selectionBehavior") == "any":
+            kept = [s for s, ks in zip(suggestions, keys) if not (len(ks) == 1 and ks[0] in offered)]
+            if len(kept) != len(suggestions):
+                if kept:
+                    card["suggestions"] = kept
+                else:
+                    card.pop("suggestions", None)
+                    card.pop("selectionBehavior", None)
+        offered.update(k for ks in keys for k in ks if k is not None)
+    return cards
 
 
 def _selected(drafts: Iterable[Any], selections: Any) -> list[Any]:
