@@ -305,6 +305,17 @@ def test_a_warn_flag_on_a_suggested_drug_makes_the_card_a_warning():
     assert card["indicator"] == "warning" and card["overrideReasons"] and "tuberculosis" in card["detail"]
 
 
+def test_the_knowledge_version_pins_the_content_of_the_knowledge_files():
+    """Cards carry the knowledge version so each can be traced to the knowledge that produced it: a change to any
+    knowledge file must come with a new version (and its digest recorded in manifest.yaml)."""
+    from hooks.knowledge import knowledge_digest, manifest
+
+    m = manifest()
+    assert knowledge_digest(m.files) == m.content_digest, (
+        f"hooks/knowledge changed since version {m.version}: bump `version` in manifest.yaml and set "
+        f"content_digest: \"{knowledge_digest(m.files)}\" (then regenerate the goldens: python -m fixtures.build --goldens)")
+
+
 def test_every_file_in_the_manifest_loads_and_the_clinical_files_are_listed():
     from hooks.knowledge import load_yaml, manifest
 

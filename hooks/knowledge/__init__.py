@@ -5,6 +5,7 @@ Clinical content lives only in the data files; Python holds the engines that rea
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -101,6 +102,16 @@ class Manifest(StrictModel):
     released: str
     description: str
     files: list[str]
+    content_digest: str      # sha256 of the other files at this version; a test fails when they change without it
+
+
+def knowledge_digest(files: list[str]) -> str:
+    """sha256 over the knowledge files (name and bytes, manifest.yaml itself excluded), in the manifest's order."""
+    digest = hashlib.sha256()
+    for name in files:
+        if name != "manifest.yaml":
+            digest.update(name.encode() + b"\0" + (KNOWLEDGE_DIR / name).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def manifest() -> Manifest:
