@@ -12,12 +12,17 @@ from functools import lru_cache
 from typing import Any
 
 from hooks.findings.catalogue import Compiled, compiled
+from hooks.findings.dispatch import Prefiltered
 from hooks.model import Evidence, Finding
 
 LESS_THAN = frozenset({"<", "<=", "≤", "less than", "under"})
 NEGATING = frozenset({"NEGATED_EXISTENCE", "RESOLVED"})
 SEVERITY_AFTER_PENALTY = 12     # chars: "mild synovitis" is the usual order, "synovitis is mild" the rarer one
+MAX_PRIMED = 100_000            # distinct words put into spaCy's tokenizer cache (bounded; later words are not)
 MAX_GAP = {"laterality": 60, "severity": 30, "site": 60, "measurement": 80, "deep": 40}
+
+
+_NO_CATEGORIES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,25 @@ class _Pipeline:
                 for literal in group.literals
             ])
         self.line_breaks = rules.line_breaks
+        self.primed: set[str] = set()
         # ConText/spaCy objects are not documented as thread-safe; gunicorn threads share this pipeline.
         self.lock = threading.Lock()
 
+    def prime(self, text: str) -> None:
+        """Put the text's words into spaCy's tokenizer cache. spaCy caches a word's tokens only while no special
+        case has been met earlier in the same text (its flag is per text), so in a report most words after the first
+        special case are split with the affix rules on every call. Tokenizing each new word once on its own caches
+        it (a word that involves a special case still is not cached); the cache only memoises per-word results,
+        so the tokens are the same."""
+        primed = self.primed
+        tokenizer = self.nlp.tokenizer
+        for word in text.split():
+            if word not in primed and len(primed) < MAX_PRIMED:
+                primed.add(word)
+                tokenizer(word)
+
     def doc(self, text: str, targets: list[_Target]) -> Any:
+        self.prime(text)
         doc = self.nlp.make_doc(text)
         doc = self.sentencizer(doc)
         if "\n" in text:           # some line breaks end a sentence (headings, lists); wrapped lines do not
@@ -140,7 +160,7 @@ def _gap(mention: _Mention, start: int, end: int) -> int:
 
 
 def _clause_of(position: int, breaks: list[int]) -> int:
-    return sum(1 for b in breaks if b <= position)
+    return bisect.bisect_right(breaks, position) if breaks else 0       # breaks are in order
 
 
 def _assign(mentions: list[_Mention], targets: list[tuple[int, int, int, str]], breaks: list[int],
@@ -149,13 +169,16 @@ def _assign(mentions: list[_Mention], targets: list[tuple[int, int, int, str]], 
 
     A modifier usually precedes its noun ("left SI joint synovitis"), so at equal distance the finding after the
     mention wins; severity words after the finding ("effusion, moderate") pay a further penalty."""
+    if not mentions:
+        return {}
     pairs: list[tuple[float, int, int]] = []
+    clauses = [_clause_of(start, breaks) for _, start, _, _ in targets]
     for m_index, mention in enumerate(mentions):
         clause = _clause_of(mention.start, breaks)
-        for index, start, end, concept in targets:
+        for (index, start, end, concept), target_clause in zip(targets, clauses):
             if allowed is not None and concept not in allowed:
                 continue
-            if _clause_of(start, breaks) != clause:
+            if target_clause != clause:
                 continue
             cost: float = _gap(mention, start, end)
             if mention.start >= end:
@@ -174,10 +197,16 @@ def _assign(mentions: list[_Mention], targets: list[tuple[int, int, int, str]], 
     return out
 
 
+@lru_cache(maxsize=64)
+def _prefiltered(regex: Any) -> Prefiltered:
+    """The regex behind a cheap test for the texts it requires (most sentences name no measurement)."""
+    return Prefiltered(regex)
+
+
 def _measure(text: str, rules: Compiled) -> list[_Mention]:
     out: list[_Mention] = []
     for rule, regex in rules.measurements:
-        for m in regex.finditer(text):
+        for m in _prefiltered(regex).finditer(text):
             groups = m.groupdict()
             raw = groups.get("value") or groups.get("value2")
             if raw is None:
@@ -205,12 +234,12 @@ def _clean(sentence: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str | None, rules: Compiled,
-                       targets: list[_Target]) -> list[Finding]:
+def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, element: str | None,
+                       rules: Compiled, targets: list[_Target], target_info: dict[tuple[int, int], _Target],
+                       categories_of: dict[tuple[int, int], set[str]]) -> list[Finding]:
+    """The findings of one sentence (`text`, starting at `offset` in the report text) from its entities."""
     catalogue = rules.by_id
-    text = sent.text
-    offset = sent.start_char
-    breaks = [m.start() for m in rules.clause_breaks.finditer(text)]
+    breaks = [m.start() for m in _prefiltered(rules.clause_breaks).finditer(text)]
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
     mentions = _modifier_mentions(text, rules)
     lateralities = mentions["laterality"]
@@ -223,7 +252,7 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     sites = mentions["site"]
     measures = _measure(text, rules)
     # "4 mm deep" is a measurement, not the word "deep": only a free-standing "deep" counts.
-    deep_words = [_Mention("deep", True, m.start(), m.end()) for m in rules.deep_phrase.finditer(text)
+    deep_words = [_Mention("deep", True, m.start(), m.end()) for m in _prefiltered(rules.deep_phrase).finditer(text)
                   if not any(0 <= m.start() - x.end <= 1 for x in measures)]
 
     own_lat = _assign(lateralities, located, breaks)
@@ -232,7 +261,7 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     by_measure: dict[str, dict[int, _Mention]] = {}
     for rule, _ in rules.measurements:
         numbers = [m for m in measures if m.extra[0].name == rule.name]
-        by_measure[rule.name] = _assign(numbers, located, breaks, frozenset(rule.applies_to))
+        by_measure[rule.name] = _assign(numbers, located, breaks, frozenset(rule.applies_to)) if numbers else {}
     deep_applies = frozenset(rules.nlp.deep_bme.applies_to)
     own_deep = _assign(deep_words, located, breaks, deep_applies)
     lat_values = {m.value for m in lateralities}
@@ -241,12 +270,11 @@ def _sentence_findings(sent: Any, ents: list[Any], reference: str, element: str 
     sentence_site = next(iter(site_values)) if len(site_values) == 1 else None
     evidence = Evidence(reference=reference, kind="text", text=_clean(text, rules.nlp.limits.max_evidence_chars),
                         element=element)
-    target_info = {(t.start, t.end): t for t in targets}
 
     out: list[Finding] = []
     for index, ent in enumerate(ents):
         target = target_info.get((ent.start_char, ent.end_char))
-        categories = {m.category for m in ent._.modifiers}
+        categories = categories_of.get((ent.start, ent.end), _NO_CATEGORIES)
         fixed = target.certainty if target is not None else None
         if fixed is None:
             for t in targets:      # the span may have been widened to whole tokens
@@ -380,12 +408,20 @@ def findings_from_text(text: str, reference: str, element: str | None = None) ->
         for ent in doc.ents:
             by_sentence.setdefault(bisect.bisect_right(starts, ent.start) - 1, []).append(ent)
         findings: list[Finding] = []
+        target_info = {(t.start, t.end): t for t in targets}
+        # ConText's modifiers of each entity, read from its graph once (what ent._.modifiers holds).
+        categories_of: dict[tuple[int, int], set[str]] = {}
+        for target, modifier in doc._.context_graph.edges:
+            categories_of.setdefault((target.start, target.end), set()).add(modifier.category)
         for n in sorted(by_sentence):
             if n >= limits.max_sentences:
                 break
             end = starts[n + 1] if n + 1 < len(starts) else len(doc)
-            findings.extend(_sentence_findings(doc[starts[n]:end], by_sentence[n], reference, element, rules,
-                                               targets))
+            sent = doc[starts[n]:end]
+            # The sentence's text is a slice of the report text (Span.text would join its tokens one by one).
+            findings.extend(_sentence_findings(text[sent.start_char:sent.end_char], sent.start_char,
+                                               by_sentence[n], reference, element, rules, targets, target_info,
+                                               categories_of))
     result = tuple(findings)
     TEXT_CACHE.put(key, result)
     return result
