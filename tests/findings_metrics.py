@@ -72,10 +72,11 @@ def load(path: Path = CORPUS) -> list[dict[str, Any]]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))["sentences"]
 
 
-def compare(text: str, specs: list[str]) -> tuple[list[str], Counter, Counter, Counter]:
-    """Mismatch messages and per-concept true positives, false positives, false negatives for one sentence."""
+def compare(text: str, specs: list[str], region: str | None = None) -> tuple[list[str], Counter, Counter, Counter]:
+    """Mismatch messages and per-concept true positives, false positives, false negatives for one sentence, read as
+    a sentence of a report of `region` (ReportFacts.region; None: not known)."""
     expected = [parse(s) for s in specs]
-    actual = list(findings_from_text(text, "DiagnosticReport/corpus"))
+    actual = list(findings_from_text(text, "DiagnosticReport/corpus", region=region))
     problems: list[str] = []
     tp: Counter = Counter()
     fp: Counter = Counter()
@@ -102,7 +103,7 @@ def metrics(path: Path = CORPUS) -> tuple[dict[str, tuple[int, int, int]], list[
     fn: Counter = Counter()
     failures = []
     for item in load(path):
-        problems, t, p, n = compare(item["text"], item["expect"])
+        problems, t, p, n = compare(item["text"], item["expect"], item.get("region"))
         tp.update(t)
         fp.update(p)
         fn.update(n)
