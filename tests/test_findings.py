@@ -21,9 +21,9 @@ from hooks.findings import (
     findings_from_text,
     warm_up,
 )
-from hooks.findings.catalogue import ConceptCatalogue, expand_text
+from hooks.findings.catalogue import ConceptCatalogue, NlpRules, check_sites, expand_text
 from hooks.findings.report import REPORT_CACHE, _attachment_text, clear_caches
-from hooks.knowledge import SYSTEMS, KnowledgeError, load_yaml
+from hooks.knowledge import SYSTEMS, KnowledgeError, load_model, load_yaml
 from hooks.record import PatientRecord
 
 CONCEPT_IDS = {
@@ -135,9 +135,16 @@ def test_unknown_keys_and_sites_are_rejected() -> None:
     typo = {**data, "concepts": [{**data["concepts"][0], "phrasing": ["x"]}, *data["concepts"][1:]]}
     with pytest.raises(ValidationError):
         ConceptCatalogue.model_validate(typo)
-    bad_site = {**data, "concepts": [{**data["concepts"][0], "default_site": "elbow"}, *data["concepts"][1:]]}
-    with pytest.raises(ValidationError, match="unknown site"):
-        ConceptCatalogue.model_validate(bad_site)
+    # Site ids and report regions are the vocabulary of findings_nlp.yaml (`sites`, `region_terms`/`report_codes`).
+    nlp = load_model("findings_nlp.yaml", NlpRules)
+    check_sites(ConceptCatalogue.model_validate(data), nlp)
+    bad_site = {**data, "concepts": [{**data["concepts"][0], "default_site": "spleen"}, *data["concepts"][1:]]}
+    with pytest.raises(KnowledgeError, match="unknown site 'spleen'"):
+        check_sites(ConceptCatalogue.model_validate(bad_site), nlp)
+    bad_region = {**data, "concepts": [{**data["concepts"][0], "default_site_regions": ["spleen"]},
+                                       *data["concepts"][1:]]}
+    with pytest.raises(KnowledgeError, match="unknown region 'spleen'"):
+        check_sites(ConceptCatalogue.model_validate(bad_region), nlp)
 
 
 def test_warm_up_runs() -> None:
@@ -300,6 +307,61 @@ def test_entered_in_error_report_gives_no_findings() -> None:
 def test_modality_and_region(fields: dict, expected: tuple) -> None:
     _, facts = findings_from_report(report(**fields))
     assert (facts.modality, facts.region, facts.loinc) == expected
+
+
+# --- synovitis is the SI joint's only where the SI joint is the site ---------------------------------------------
+SYNOVITIS_BME = "Synovitis with bone marrow edema."
+
+
+@pytest.mark.parametrize(("code", "si_synovitis"), [
+    ({"coding": [{"system": "http://loinc.org", "code": "36031-3", "display": "MR Sacroiliac Joint"}]}, True),
+    ({"coding": [{"system": "http://loinc.org", "code": "24867-4", "display": "MR Pelvis"}]}, True),
+    ({"text": "MRI sacroiliac joints"}, True),
+    ({"text": "MRI right wrist"}, False),
+    ({"text": "MRI left hand"}, False),
+    ({"text": "MRI right knee"}, False),
+    ({"coding": [{"system": "http://loinc.org", "code": "36022-2", "display": "MR Hip right"}]}, False),
+    ({"text": "Imaging study"}, False),         # region not known: the SI joint is not assumed
+])
+def test_synovitis_without_a_site_is_si_joint_synovitis_only_in_an_si_joint_or_pelvis_report(
+        code: dict, si_synovitis: bool) -> None:
+    findings, facts = findings_from_report(report(code=code, conclusion=SYNOVITIS_BME))
+    concepts = {f.concept for f in findings}
+    assert "bone_marrow_edema" in concepts
+    assert ("si_joint_synovitis" in concepts) is si_synovitis, (facts.region, concepts)
+    if si_synovitis:
+        assert next(f for f in findings if f.concept == "si_joint_synovitis").site == "si_joint"
+
+
+def test_a_wrist_mri_with_synovitis_gives_no_si_joint_finding_and_no_axspa_pathway() -> None:
+    from clinical_builders import facts_of, record
+    from hooks.pathways.engine import assess
+
+    def report_json(rid: str, code: dict, text: str | None = None) -> dict:
+        data = {"resourceType": "DiagnosticReport", "id": rid, "status": "final", "code": code,
+                "effectiveDateTime": "2026-11-20", "conclusion": SYNOVITIS_BME}
+        if text:
+            data["presentedForm"] = [{"contentType": "text/plain", "data": b64(text)}]
+        return data
+
+    wrist = record(reports=[report_json("wrist", {"text": "MRI right wrist"},
+                                        "MRI RIGHT WRIST\nFindings: Synovitis of the radiocarpal joint with bone "
+                                        "marrow edema in the scaphoid and lunate.")])
+    found = extract_findings(wrist)
+    assert [r.region for r in found.reports] == ["wrist"]
+    assert not {f.concept for f in found.findings} & {"si_joint_synovitis", "active_sacroiliitis"}
+    assert "axspa_si_synovitis" not in {a.pathway.id for a in assess(found, facts_of(wrist))}
+
+    si = record(reports=[report_json("si", {"coding": [{"system": "http://loinc.org", "code": "36031-3"}]})])
+    found = extract_findings(si)
+    assert [r.region for r in found.reports] == ["sacroiliac"]
+    assert "si_joint_synovitis" in {f.concept for f in found.findings}
+    assert "axspa_si_synovitis" in {a.pathway.id for a in assess(found, facts_of(si))}
+
+
+def test_sacroiliitis_in_the_sentence_places_bare_synovitis_at_the_si_joint_whatever_the_report() -> None:
+    findings = findings_from_text("Active sacroiliitis on the right with capsulitis.", "DiagnosticReport/x")
+    assert {(f.concept, f.laterality) for f in findings} >= {("si_joint_synovitis", "right")}
 
 
 @pytest.mark.parametrize(("text", "t1", "fluid"), [

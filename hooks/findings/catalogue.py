@@ -15,21 +15,13 @@ CONCEPTS_FILE = "concepts.yaml"
 NLP_FILE = "findings_nlp.yaml"
 CONTEXT_FILE = "context_rules.yaml"
 
-SITE_IDS = frozenset({"si_joint", "hip", "femoral_head", "labrum", "vertebra", "foot", "pelvis", "knee", "ilium", "sacrum"})
 LATERALITIES = ("left", "right", "bilateral", "unilateral")
 SEVERITIES = ("mild", "moderate", "severe")
 
 
 class CodeQualifier(StrictModel):
     laterality: Literal["left", "right", "bilateral", "unilateral"] | None = None
-    site: str | None = None
-
-    @field_validator("site")
-    @classmethod
-    def _known_site(cls, value: str | None) -> str | None:
-        if value is not None and value not in SITE_IDS:
-            raise ValueError(f"unknown site {value!r}")
-        return value
+    site: str | None = None            # a site id of findings_nlp.yaml `sites` (checked in `check_sites`)
 
 
 class Phrasing(StrictModel):
@@ -47,6 +39,12 @@ class Concept(StrictModel):
     physiological: bool = False
     default_site: str | None = None
     sites: tuple[str, ...] = ()              # when set, a mention at another site is not this finding
+    # when set, a mention whose sentence names no site is this finding only in a report of one of these regions
+    # (ReportFacts.region: report code, title, then text); elsewhere, or when the region is not known, it is not
+    default_site_regions: tuple[str, ...] = ()
+    # words that, said in the sentence, place such a mention at the default site whatever the report ("sacroiliitis
+    # with capsulitis": the capsulitis is the SI joint's); a regex like a phrasing
+    default_site_words: str | None = None
     implies: tuple[str, ...] = ()            # an affirmed/uncertain mention also asserts these (deep BME -> BME)
     codes: tuple[Coding, ...] = ()
     related_codes: tuple[Coding, ...] = ()
@@ -58,21 +56,6 @@ class Concept(StrictModel):
     def _snake_case(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
             raise ValueError("concept id must be snake_case")
-        return value
-
-    @field_validator("default_site")
-    @classmethod
-    def _known_site(cls, value: str | None) -> str | None:
-        if value is not None and value not in SITE_IDS:
-            raise ValueError(f"unknown site {value!r}")
-        return value
-
-    @field_validator("sites")
-    @classmethod
-    def _known_sites(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [v for v in value if v not in SITE_IDS]
-        if unknown:
-            raise ValueError(f"unknown sites {unknown}")
         return value
 
     @property
@@ -202,9 +185,17 @@ class NlpRules(StrictModel):
             if item.value not in SEVERITIES:
                 raise ValueError(f"severity value {item.value!r} is not one of {SEVERITIES}")
         for item in self.sites:
-            if item.value not in SITE_IDS:
-                raise ValueError(f"site value {item.value!r} is not a known site id")
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", item.value):
+                raise ValueError(f"site id {item.value!r} must be snake_case")
         return self
+
+    def site_ids(self) -> frozenset[str]:
+        """The site vocabulary: every site id that has words in `sites`."""
+        return frozenset(item.value for item in self.sites)
+
+    def region_ids(self) -> frozenset[str]:
+        """The report regions: those of `report_codes` and `region_terms`."""
+        return frozenset({*(r.region for r in self.report_codes if r.region), *(r.region for r in self.region_terms)})
 
 
 class ContextRuleGroup(StrictModel):
@@ -302,6 +293,21 @@ class Compiled:
     code_index: dict[tuple[str, str], str]        # (system, code) -> concept id
     by_id: dict[str, Concept]
     report_codes: dict[str, ReportCode]
+    default_site_words: dict[str, re.Pattern[str]]      # concept id -> its compiled default_site_words
+
+
+def check_sites(catalogue: ConceptCatalogue, nlp: NlpRules) -> None:
+    """Every site a concept names is a site of findings_nlp.yaml `sites`, every region one the report facts know."""
+    sites, regions = nlp.site_ids(), nlp.region_ids()
+    for i, concept in enumerate(catalogue.concepts):
+        named = [("default_site", concept.default_site), *(("sites", s) for s in concept.sites),
+                 *((f"code_qualifiers.{code}.site", q.site) for code, q in concept.code_qualifiers.items())]
+        for place, site in named:
+            if site is not None and site not in sites:
+                raise KnowledgeError(CONCEPTS_FILE, f"concepts.{i}.{place}", f"unknown site {site!r}")
+        for region in concept.default_site_regions:
+            if region not in regions:
+                raise KnowledgeError(CONCEPTS_FILE, f"concepts.{i}.default_site_regions", f"unknown region {region!r}")
 
 
 def _compile(pattern: str, flags: int, place: str) -> re.Pattern[str]:
@@ -321,6 +327,7 @@ def compiled() -> Compiled:
     catalogue = load_model(CONCEPTS_FILE, ConceptCatalogue)
     nlp = load_model(NLP_FILE, NlpRules)
     context = load_model(CONTEXT_FILE, ContextRules)
+    check_sites(catalogue, nlp)
     macros = nlp.macros
     decoys = [(expand_text(p, macros, NLP_FILE, f"decoys.{n}"), None, (), False, False) for n, p in enumerate(nlp.decoys)]
     groups = [_group(None, decoys)]
@@ -383,4 +390,8 @@ def compiled() -> Compiled:
         code_index=code_index,
         by_id=catalogue.by_id(),
         report_codes={r.loinc: r for r in nlp.report_codes},
+        default_site_words={
+            concept.id: expand(concept.default_site_words, macros, CONCEPTS_FILE, f"concepts.{i}.default_site_words")
+            for i, concept in enumerate(catalogue.concepts) if concept.default_site_words
+        },
     )

@@ -236,8 +236,9 @@ def _clean(sentence: str, limit: int) -> str:
 
 def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, element: str | None,
                        rules: Compiled, targets: list[_Target], target_info: dict[tuple[int, int], _Target],
-                       categories_of: dict[tuple[int, int], set[str]]) -> list[Finding]:
-    """The findings of one sentence (`text`, starting at `offset` in the report text) from its entities."""
+                       categories_of: dict[tuple[int, int], set[str]], region: str | None = None) -> list[Finding]:
+    """The findings of one sentence (`text`, starting at `offset` in the report text) from its entities; `region`
+    is the report's region (ReportFacts.region), None when not known."""
     catalogue = rules.by_id
     breaks = [m.start() for m in _prefiltered(rules.clause_breaks).finditer(text)]
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
@@ -299,6 +300,10 @@ def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, 
         placed = own_site[index].value if index in own_site else sentence_site
         if concept.sites and placed is not None and placed not in concept.sites:
             continue        # e.g. "synovitis of the hip" is not SI-joint synovitis
+        if (placed is None and concept.default_site_regions and region not in concept.default_site_regions
+                and not (concept.id in rules.default_site_words
+                         and rules.default_site_words[concept.id].search(text))):
+            continue        # "synovitis" with no site in a wrist MRI (or a report of unknown region) is not SI-joint
         if target is not None and target.needs_site and placed not in concept.sites:
             continue        # "calcific density" names labral calcification only at the labrum
         laterality = own_lat[index].value if index in own_lat else sentence_lat
@@ -354,21 +359,21 @@ def _merge(out: list[Finding], finding: Finding) -> None:
 
 
 class _TextCache:
-    """Bounded LRU of extraction results keyed by (reference, element, text digest). Thread-safe."""
+    """Bounded LRU of extraction results keyed by (reference, element, region, text digest). Thread-safe."""
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: OrderedDict[tuple[str, str | None, bytes], tuple[Finding, ...]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str | None, str | None, bytes], tuple[Finding, ...]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
-    def get(self, key: tuple[str, str | None, bytes]) -> tuple[Finding, ...] | None:
+    def get(self, key: tuple[str, str | None, str | None, bytes]) -> tuple[Finding, ...] | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, str | None, bytes], value: tuple[Finding, ...]) -> None:
+    def put(self, key: tuple[str, str | None, str | None, bytes], value: tuple[Finding, ...]) -> None:
         with self._lock:
             self._entries[key] = value
             while len(self._entries) > self.max_entries:
@@ -382,14 +387,17 @@ class _TextCache:
 TEXT_CACHE = _TextCache()
 
 
-def findings_from_text(text: str, reference: str, element: str | None = None) -> tuple[Finding, ...]:
-    """The findings one report text states (affirmed, negated or uncertain), each with its sentence as evidence."""
+def findings_from_text(text: str, reference: str, element: str | None = None,
+                       region: str | None = None) -> tuple[Finding, ...]:
+    """The findings one report text states (affirmed, negated or uncertain), each with its sentence as evidence.
+    `region` is the body region of the report the text belongs to (ReportFacts.region; None when not known): a
+    concept with `default_site_regions` takes its default site only in a report of one of those regions."""
     if not isinstance(text, str) or not text.strip():
         return ()
     rules = compiled()
     limits = rules.nlp.limits
     text = text[: limits.max_chars]
-    key = (reference, element, hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest())
+    key = (reference, element, region, hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest())
     cached = TEXT_CACHE.get(key)
     if cached is not None:
         return cached
@@ -421,7 +429,7 @@ def findings_from_text(text: str, reference: str, element: str | None = None) ->
             # The sentence's text is a slice of the report text (Span.text would join its tokens one by one).
             findings.extend(_sentence_findings(text[sent.start_char:sent.end_char], sent.start_char,
                                                by_sentence[n], reference, element, rules, targets, target_info,
-                                               categories_of))
+                                               categories_of, region))
     result = tuple(findings)
     TEXT_CACHE.put(key, result)
     return result

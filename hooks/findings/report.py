@@ -116,7 +116,7 @@ def _extract(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
         findings.extend(coded_findings(concept, reference, f"conclusionCode[{index}]"))
     seen: set[tuple] = set()
     for element, text in texts:
-        for finding in findings_from_text(text, reference, element):
+        for finding in findings_from_text(text, reference, element, facts.region):
             # The conclusion usually repeats the impression of the attached report: one finding per sentence.
             key = (finding.concept, finding.certainty, finding.historical, finding.laterality, finding.severity,
                    finding.site, finding.depth_mm, tuple(sorted(finding.measurements.items())), finding.source.text)
