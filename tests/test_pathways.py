@@ -202,12 +202,31 @@ def test_c_possible_osteomyelitis_with_diabetes_is_critical_and_urgent():
     (("bone_marrow_edema", "osteonecrosis"), "bme_differential.osteonecrosis"),
     (("bone_marrow_edema", "subchondral_insufficiency_fracture"), "bme_differential.insufficiency_fracture"),
     (("diffuse_marrow_signal_change",), "bme_differential.diffuse_marrow_change"),
-    (("bone_marrow_edema", "deep_bone_marrow_edema", "erosion"), "bme_differential.axspa_pattern"),
     (("bone_marrow_edema", "physiological_bme"), "bme_differential.physiological"),
     (("bone_marrow_edema",), "bme_differential.nonspecific"),
 ])
 def test_c_branches(concepts, rule):
     assert by_pathway(record(), findings(*concepts))["bme_differential"].rule == rule
+
+
+SI_MRI = ReportFacts("DiagnosticReport/r1", "MR", "sacroiliac", "36031-3")
+WRIST_MRI = ReportFacts("DiagnosticReport/r1", "MR", "wrist", None)
+UNKNOWN_MRI = ReportFacts("DiagnosticReport/r1", "MR", None, None)
+
+
+@pytest.mark.parametrize("lesions,reports,rule", [
+    # structural lesions at an axial site, or naming no site in an SI-joint report: the axSpA pattern
+    ([finding("erosion", site="ilium"), finding("deep_bone_marrow_edema", site="sacrum")], [], "axspa_pattern"),
+    ([finding("erosion"), finding("deep_bone_marrow_edema")], [SI_MRI], "axspa_pattern"),
+    ([finding("ankylosis", site="si_joint")], [WRIST_MRI], "axspa_pattern"),
+    # the same lesions at the wrist or MCP joints, or with no site and no known region: not an axSpA card
+    ([finding("erosion", site="hand"), finding("deep_bone_marrow_edema", site="wrist")], [], "nonspecific"),
+    ([finding("erosion"), finding("fat_metaplasia")], [WRIST_MRI], "nonspecific"),
+    ([finding("erosion"), finding("sclerosis")], [UNKNOWN_MRI], "nonspecific"),
+])
+def test_c_axspa_pattern_needs_axial_lesions(lesions, reports, rule):
+    fs = findings(finding("bone_marrow_edema", site="wrist"), *lesions, reports=reports)
+    assert by_pathway(record(), fs)["bme_differential"].rule == f"bme_differential.{rule}"
 
 
 def test_c_postpartum_context_is_physiological():

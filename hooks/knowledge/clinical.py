@@ -213,11 +213,20 @@ class SafetyFile(StrictModel):
 
 
 # ---------------------------------------------------------------------------------------------------- pathways
+class SiteGroup(StrictModel):
+    """Where a finding must be for a condition with `at`: its site is one of `sites`, or it names no site and comes
+    from a report of one of `regions` (a finding with neither does not count)."""
+
+    sites: list[str]
+    regions: list[str]
+
+
 class Cond(StrictModel):
     """One condition of the pathway language (exactly one kind per node)."""
 
     finding: str | None = None
     possible: str | None = None            # a finding affirmed or reported as uncertain ("concerning for")
+    at: str | None = None                  # with finding/possible: only findings in this site group count
     condition: str | None = None
     pathway: str | None = None
     step_offers: str | None = None         # the current step of an active pathway offers a drug of this class
@@ -240,6 +249,8 @@ class Cond(StrictModel):
             raise ValueError("gt/ge/lt/le only go with fact")
         if len(comparisons) > 1:
             raise ValueError("one comparison per fact condition")
+        if self.at is not None and self.finding is None and self.possible is None:
+            raise ValueError("at only goes with finding or possible")
         return self
 
     def walk(self):
@@ -361,6 +372,7 @@ class PathwaysFile(StrictModel):
     t1_missing_note: str
     fact_labels: dict[str, str]
     nsaid_gap_days: int
+    site_groups: dict[str, SiteGroup] = Field(default_factory=dict)
     pathways: list[Pathway]
     order_checks: list[OrderCheck]
     order_guidance: OrderGuidance
@@ -442,6 +454,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
             for concept in (node.finding, node.possible):
                 if concept is not None and concepts is not None:
                     need(concept in concepts, file, place, f"unknown finding concept {concept!r}")
+            if node.at is not None:
+                need(node.at in k.pathway_file.site_groups, file, place, f"unknown site group {node.at!r}")
 
     labels = set(k.pathway_file.fact_labels)
     need(labels == FACT_NAMES, "pathways.yaml", "fact_labels",

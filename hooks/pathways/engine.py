@@ -4,9 +4,9 @@ what comes next, the medication options after safety checks). Pure functions ove
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from hooks.knowledge.clinical import ClinicalKnowledge, Cond, Pathway, Step, clinical_knowledge
+from hooks.knowledge.clinical import ClinicalKnowledge, Cond, Pathway, SiteGroup, Step, clinical_knowledge
 from hooks.model import Finding, FindingSet
 from hooks.pathways.facts import PatientFacts
 from hooks.safety.checks import DrugSafety, evaluate_drug
@@ -70,6 +70,14 @@ class _Context:
     offered_classes: frozenset[str] = frozenset()
     unknown_facts: set[str] = field(default_factory=set)
     used_facts: list[str] = field(default_factory=list)
+    site_groups: Mapping[str, SiteGroup] = field(default_factory=dict)
+
+
+def _in_group(finding: Finding, group: SiteGroup, findings: FindingSet) -> bool:
+    if finding.site is not None:
+        return finding.site in group.sites
+    region = next((r.region for r in findings.reports if r.reference == finding.source.reference), None)
+    return region in group.regions
 
 
 def holds(cond: Cond, ctx: _Context) -> bool:
@@ -80,10 +88,12 @@ def holds(cond: Cond, ctx: _Context) -> bool:
         return any(holds(c, ctx) for c in cond.any)
     if cond.not_ is not None:
         return not holds(cond.not_, ctx)
+    group = ctx.site_groups[cond.at] if cond.at is not None else None
     if cond.finding is not None:
-        return bool(ctx.findings.active(cond.finding))
+        return any(group is None or _in_group(f, group, ctx.findings) for f in ctx.findings.active(cond.finding))
     if cond.possible is not None:
         return any(not f.historical and f.certainty in ("affirmed", "uncertain")
+                   and (group is None or _in_group(f, group, ctx.findings))
                    for f in ctx.findings.findings if f.concept == cond.possible)
     if cond.condition is not None:
         return bool(ctx.facts.conditions.get(cond.condition))
@@ -168,7 +178,7 @@ def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[lis
 def assess(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> tuple[Assessment, ...]:
     """One Assessment per active pathway (deferring pathways give way), in pathways.yaml order."""
     k = k or clinical_knowledge()
-    ctx = _Context(findings, facts)
+    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups)
     active = frozenset(p.id for p in k.pathway_file.pathways if holds(p.entry, ctx))
     ctx.active_pathways = active
     out: list[Assessment] = []
@@ -220,11 +230,12 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
 def active_pathway_ids(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> frozenset[str]:
     """Ids of the pathways whose entry holds (before deferral): what the order checks test against."""
     k = k or clinical_knowledge()
-    ctx = _Context(findings, facts)
+    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups)
     return frozenset(p.id for p in k.pathway_file.pathways if holds(p.entry, ctx))
 
 
 def evaluate(cond: Cond, findings: FindingSet, facts: PatientFacts, active: Iterable[str],
              offered_classes: Iterable[str] = ()) -> bool:
     """Evaluate a condition outside a pathway (order checks)."""
-    return holds(cond, _Context(findings, facts, frozenset(active), frozenset(offered_classes)))
+    return holds(cond, _Context(findings, facts, frozenset(active), frozenset(offered_classes),
+                                site_groups=clinical_knowledge().pathway_file.site_groups))
