@@ -12,7 +12,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
@@ -215,15 +215,7 @@ class PatientRecord:
     # -- typed access -------------------------------------------------------------------------------------------
     def of_type(self, resource_type: str) -> tuple[Any, ...]:
         """All valid resources of one type, as fhir.resources.R4B models (validated on first access)."""
-        typed = self._typed.get(resource_type)
-        if typed is not None:
-            return typed
-        with self._lock:
-            typed = self._typed.get(resource_type)
-            if typed is None:
-                typed = self._validate_all(self._raw_by_type.get(resource_type, ()))
-                self._typed[resource_type] = typed
-        return typed
+        return self._validated_once(self._typed, resource_type, lambda: self._raw_by_type.get(resource_type, ()))
 
     def of_type_coded(self, resource_type: str, codes: frozenset[tuple[str, str]]) -> tuple[Any, ...]:
         """Valid resources of one type whose `code` carries one of `codes` ((system, code) pairs, exact match),
@@ -232,16 +224,18 @@ class PatientRecord:
         if resource_type in self._typed:
             return tuple(m for m in self._typed[resource_type]
                          if any((c.system, c.code) in codes for c in getattr(getattr(m, "code", None), "coding", None) or ()))
-        key = (resource_type, codes)
-        typed = self._coded.get(key)
-        if typed is not None:
-            return typed
-        with self._lock:
-            typed = self._coded.get(key)
-            if typed is None:
-                wanted = [(s, r) for s, r in self._raw_by_type.get(resource_type, ()) if _raw_has_code(r, codes)]
-                typed = self._validate_all(wanted)
-                self._coded[key] = typed
+        return self._validated_once(self._coded, (resource_type, codes), lambda: [
+            (s, r) for s, r in self._raw_by_type.get(resource_type, ()) if _raw_has_code(r, codes)])
+
+    def _validated_once(self, store: dict[Any, tuple[Any, ...]], key: Any,
+                        raws: Callable[[], Iterable[tuple[str, Mapping[str, Any]]]]) -> tuple[Any, ...]:
+        """The valid models of `raws()`, validated once per key (checked again under the lock: threads share it)."""
+        typed = store.get(key)
+        if typed is None:
+            with self._lock:
+                typed = store.get(key)
+                if typed is None:
+                    typed = store[key] = self._validate_all(raws())
         return typed
 
     def _validate_all(self, raws: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[Any, ...]:
