@@ -277,6 +277,20 @@ def test_a_bad_reference_in_the_knowledge_stops_start_up_with_file_and_place():
     assert err.value.file == "pathways.yaml" and "nsaid_trial" in err.value.place and "aspirine" in err.value.reason
 
 
+@pytest.mark.parametrize("field,value,reason", [
+    ("sites", ["si_joint", "wirst"], "unknown site 'wirst'"),
+    ("regions", ["sacroiliac", "thorax"], "unknown region 'thorax'"),
+])
+def test_a_site_group_naming_an_unknown_site_or_region_stops_start_up(field, value, reason):
+    k = copy.copy(clinical_knowledge())
+    groups = dict(k.pathway_file.site_groups)
+    groups["axial"] = groups["axial"].model_copy(update={field: value})
+    k.pathway_file = k.pathway_file.model_copy(update={"site_groups": groups})
+    with pytest.raises(KnowledgeError) as err:
+        _cross_check(k, None)
+    assert err.value.place == f"site_groups.axial.{field}" and reason in err.value.reason
+
+
 def test_biologic_drafted_before_the_nsaid_trial_says_what_comes_first():
     rec = record(conditions=[condition("c", ICD, "M46.1")], reports=[report(SYNOVITIS)],
                  meds=[med_request("m", NAPROXEN, 10)], drafts=[draft_med("d1", ADALIMUMAB)])

@@ -11,7 +11,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, model_validator
 
-from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model
+from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model, load_yaml
 
 # The facts the pathway conditions and text templates may name; hooks/pathways/facts.py computes exactly these.
 FACT_NAMES = frozenset({
@@ -456,6 +456,15 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                     need(concept in concepts, file, place, f"unknown finding concept {concept!r}")
             if node.at is not None:
                 need(node.at in k.pathway_file.site_groups, file, place, f"unknown site group {node.at!r}")
+
+    nlp = load_yaml("findings_nlp.yaml")
+    site_ids = {site["value"] for site in nlp["sites"]}
+    regions = {c["region"] for c in nlp["report_codes"] if "region" in c} | {t["region"] for t in nlp["region_terms"]}
+    for name, group in k.pathway_file.site_groups.items():
+        for site in group.sites:
+            need(site in site_ids, "pathways.yaml", f"site_groups.{name}.sites", f"unknown site {site!r}")
+        for region in group.regions:
+            need(region in regions, "pathways.yaml", f"site_groups.{name}.regions", f"unknown region {region!r}")
 
     labels = set(k.pathway_file.fact_labels)
     need(labels == FACT_NAMES, "pathways.yaml", "fact_labels",
