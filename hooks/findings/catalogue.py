@@ -45,6 +45,9 @@ class Concept(StrictModel):
     # words that, said in the sentence, place such a mention at the default site whatever the report ("sacroiliitis
     # with capsulitis": the capsulitis is the SI joint's); a regex like a phrasing
     default_site_words: str | None = None
+    # the phrasings name the site themselves ("sacroiliitis"): a site word elsewhere in the sentence ("... and a hip
+    # effusion") does not move or drop the mention; only a site word it owns ("sacroiliitis of the left ilium") can
+    site_in_name: bool = False
     implies: tuple[str, ...] = ()            # an affirmed/uncertain mention also asserts these (deep BME -> BME)
     codes: tuple[Coding, ...] = ()
     related_codes: tuple[Coding, ...] = ()

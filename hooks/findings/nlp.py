@@ -297,7 +297,7 @@ def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, 
             certainty = "affirmed"
         historical = "HISTORICAL" in categories and certainty != "negated"
         concept = catalogue[ent.label_]
-        placed = own_site[index].value if index in own_site else sentence_site
+        placed = own_site[index].value if index in own_site else (None if concept.site_in_name else sentence_site)
         if concept.sites and placed is not None and placed not in concept.sites:
             continue        # e.g. "synovitis of the hip" is not SI-joint synovitis
         if (placed is None and concept.default_site_regions and region not in concept.default_site_regions
@@ -308,7 +308,7 @@ def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, 
             continue        # "calcific density" names labral calcification only at the labrum
         laterality = own_lat[index].value if index in own_lat else sentence_lat
         severity = own_sev[index].value if index in own_sev else None
-        site = own_site[index].value if index in own_site else (sentence_site or concept.default_site)
+        site = placed or concept.default_site
         measurements: dict[str, float] = {}
         depth: float | None = None
         comparator = ""
