@@ -154,7 +154,16 @@ def _raw_has_code(resource: Mapping[str, Any], codes: frozenset[tuple[str, str]]
             return True
         if (system, code) in codes:
             return True
+        if not (_encodable(system) and _encodable(code)):
+            return True         # a code that cannot be read (lone surrogate) may be one of ours: report it
     return False
+
+
+def _encodable(text: str | None) -> bool:
+    try:
+        return text is None or bool(text.encode("utf-8")) or True
+    except UnicodeEncodeError:
+        return False
 
 
 class PatientRecord:

@@ -226,7 +226,9 @@ def test_nsaid_draft_failing_the_kidney_check_warns_and_offers_no_nsaid():
     assert card["extension"]["org.msk-cds.rule"] == "safety.renal_block" and card["indicator"] == "warning"
     actions = [a for s in card["suggestions"] for a in s["actions"]]
     assert {"type": "delete", "description": actions[0]["description"], "resourceId": "MedicationRequest/d1"} in actions
-    assert not [a for a in actions if a["type"] == "create" and a["resource"]["resourceType"] == "MedicationRequest"]
+    created = [a["resource"] for a in actions if a["type"] == "create" and a["resource"]["resourceType"] == "MedicationRequest"]
+    # no NSAID: the non-NSAID alternative of the step (acetaminophen) replaces it
+    assert [r["medicationCodeableConcept"]["coding"][0]["code"] for r in created] == ["198440"]
 
 
 def test_a_fitting_draft_gets_guidance_with_a_reassessment_date():

@@ -53,9 +53,11 @@ def test_no_gi_risk_no_ppi():
     assert result.flags == () and result.add_drugs == ()
 
 
-def test_anticoagulant_warns_on_bleeding():
+def test_anticoagulant_withholds_the_nsaid():
+    # HL7 PDDI warfarin-NSAID and AGS Beers: avoid; acetaminophen instead (the step's fallback)
     got = flags("ibuprofen", record(meds=[med_request("a", APIXABAN, 100)]))
-    assert got["anticoagulant_nsaid"].effect == "warn"
+    assert got["anticoagulant_nsaid"].effect == "block"
+    assert not evaluate_drug("acetaminophen", facts_of(record(meds=[med_request("a", APIXABAN, 100)]))).blocked
 
 
 @pytest.mark.parametrize("egfr,check,blocked", [(25, "renal_block", True), (45, "renal_warn", False)])
@@ -68,9 +70,18 @@ def test_kidney_function(egfr, check, blocked):
     assert not ({"renal_block", "renal_warn"} - {check}) & set(got)      # one kidney message, not two
 
 
-def test_unknown_kidney_function_is_said_not_assumed_normal():
+def test_unobtainable_kidney_function_withholds_the_nsaid():
+    # the labs could not be fetched: kidney function is unknown, and an unknown never becomes a one-click NSAID
     got = flags("naproxen", record(unavailable=["observations"]))
+    assert got["renal_block"].effect == "withhold"
+    assert evaluate_drug("naproxen", facts_of(record(unavailable=["observations"]))).blocked
+
+
+def test_kidney_function_not_recorded_is_said_not_assumed_normal():
+    # no eGFR in a chart that was read in full: said as unknown, the NSAID stays suggestible
+    got = flags("naproxen", record())
     assert got["renal_block"].effect == "unknown"
+    assert not evaluate_drug("naproxen", facts_of(record())).blocked
 
 
 @pytest.mark.parametrize("allergen", [allergy("a", rxnorm="5640"), allergy("a", text="Aspirin - bronchospasm")])

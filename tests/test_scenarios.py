@@ -52,6 +52,7 @@ _DRUG_CODES = {
     "glucocorticoid": {"8640", "312617", "198145", "312615"},
     "denosumab": {"993449", "993452", "2715513"},
     "opioid": {"7804", "1049621", "10689"},
+    "acetaminophen": {"161", "198440", "313782"},      # HL7 PDDI-CDS WarfarinNSAIDsCDSLogic.cql (unverified)
 }
 _DRUG_NAMES = {
     "naproxen": r"naproxen", "ibuprofen": r"ibuprofen", "diclofenac": r"diclofenac", "celecoxib": r"celecoxib",
@@ -61,6 +62,7 @@ _DRUG_NAMES = {
     "jaki": r"tofacitinib|upadacitinib", "methotrexate": r"methotrexate",
     "glucocorticoid": r"prednison|prednisolon|methylprednisolon", "denosumab": r"denosumab",
     "opioid": r"oxycodone|tramadol|morphine|hydrocodone|codeine",
+    "acetaminophen": r"acetaminophen|paracetamol",
 }
 _DRUG_GROUPS = {
     "nonselective_nsaid": {"naproxen", "ibuprofen", "diclofenac", "meloxicam"},

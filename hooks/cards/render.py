@@ -200,7 +200,7 @@ def _safety_lines(a: Assessment, k: ClinicalKnowledge, facts: PatientFacts) -> l
             refs = f" ({md.escape(', '.join(flag.sources))})" if flag.sources else ""
             lines.append(flag.text + refs)
     for option in (*a.blocked, *a.withheld):
-        reasons = "; ".join(f.text for f in option.safety.flags if f.effect == "block")
+        reasons = "; ".join(f.text for f in option.safety.flags if f.effect in ("block", "withhold"))
         lines.append(text.withheld.format(drug=k.drugs[option.drug].name.capitalize(), reasons=reasons))
     for drug_id in a.already_on:
         refs = [e.reference for e in facts.exposures if e.drug == drug_id and e.current]

@@ -105,7 +105,9 @@ def medication_request(drug_id: str, dosing_key: str, ctx: OrderContext, k: Clin
     drug = k.drugs[drug_id]
     dosing = drug.dosing[dosing_key]
     product = drug.product(dosing.product) if dosing.product else None
-    coding = product if product is not None and product.verified else drug.ingredient
+    # the product (SCD) the dose is written for; an unverified code carries the code-verification extension
+    coding = product if product is not None else drug.ingredient
+    route = {"coding": [coding_json(k.medications.routes[dosing.route])], "text": k.medications.routes[dosing.route].display}
     repeat: dict[str, Any] = {"frequency": dosing.frequency, "period": dosing.period,
                               "periodUnit": PERIOD_UNITS[dosing.period_unit]}
     if dosing.count:
@@ -113,21 +115,34 @@ def medication_request(drug_id: str, dosing_key: str, ctx: OrderContext, k: Clin
     if dosing.duration_days:
         repeat["boundsDuration"] = {"value": dosing.duration_days, "unit": "days",
                                     "system": k.medications.units_system, "code": "d"}
-    if dosing.dose is not None:
-        dose_and_rate = {"doseQuantity": _quantity(dosing.dose.value, dosing.dose.unit, k)}
-    else:
-        rng = dosing.dose_range
-        dose_and_rate = {"doseRange": {"low": _quantity(rng.low, rng.unit, k), "high": _quantity(rng.high, rng.unit, k)}}
+    maintenance: dict[str, Any] = {
+        "text": dosing.text,
+        "timing": {"repeat": repeat},
+        "route": route,
+        "doseAndRate": [{"doseQuantity": _quantity(dosing.dose.value, dosing.dose.unit, k)}],
+    }
+    if dosing.as_needed:
+        maintenance["asNeededBoolean"] = True
+    if dosing.max_per_day is not None:
+        maintenance["maxDosePerPeriod"] = {
+            "numerator": _quantity(dosing.max_per_day.value, dosing.max_per_day.unit, k),
+            "denominator": {"value": 1, "unit": "day", "system": k.medications.units_system, "code": "d"}}
+    instructions = [maintenance]
+    if dosing.loading is not None:
+        # the loading doses come first (sequence 1), then the maintenance dose (sequence 2): one dose per Dosage
+        load = dosing.loading
+        instructions = [{
+            "sequence": 1,
+            "text": dosing.text,
+            "timing": {"repeat": {"frequency": load.frequency, "period": load.period,
+                                  "periodUnit": PERIOD_UNITS[load.period_unit], "count": load.count}},
+            "route": route,
+            "doseAndRate": [{"doseQuantity": _quantity(load.dose.value, load.dose.unit, k)}],
+        }, {"sequence": 2, **maintenance}]
     data = _common(ctx)
     data.update({
         "medicationCodeableConcept": {"coding": [coding_json(coding)], "text": coding.display},
-        "dosageInstruction": [{
-            "text": dosing.text,
-            "timing": {"repeat": repeat},
-            "route": {"coding": [coding_json(k.medications.routes[dosing.route])],
-                      "text": k.medications.routes[dosing.route].display},
-            "doseAndRate": [dose_and_rate],
-        }],
+        "dosageInstruction": instructions,
     })
     if dosing.duration_days:
         data["dispenseRequest"] = {"expectedSupplyDuration": {"value": dosing.duration_days, "unit": "days",

@@ -9,7 +9,7 @@ import string
 from functools import cached_property, lru_cache
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model, load_yaml
 
@@ -19,14 +19,14 @@ FACT_NAMES = frozenset({
     "symptom_support", "biologic_current", "tnf_current", "tnf_failed", "tnf_failed_primary", "tnf_failed_secondary",
     "tnf_exposure_days", "diabetes", "egfr", "gi_risk", "nsaid_allergy", "sulfonamide_allergy",
     "active_serious_infection", "physiological_context", "ibd", "disease_stable", "anticoagulant_current",
-    "demyelinating_disease", "si_injection_done",
+    "demyelinating_disease", "si_injection_done", "liver_disease_or_alcohol",
 })
 # Dates a text template may name besides the facts.
 DATE_NAMES = frozenset({"nsaid_trial_due", "response_check_due", "reassess_date"})
 DRUG_CLASSES = frozenset({
     "nsaid", "cox2_inhibitor", "ppi", "tnf_inhibitor", "il17_inhibitor", "jak_inhibitor", "biologic",
     "systemic_glucocorticoid", "csdmard", "opioid", "anticoagulant", "antiplatelet", "bone_antiresorptive",
-    "prostacyclin",
+    "prostacyclin", "non_nsaid_analgesic", "vitamin_k_antagonist",
 })
 Indicator = Literal["info", "warning", "critical"]
 
@@ -61,24 +61,73 @@ class DoseRange(StrictModel):
     unit: str
 
 
+class LoadingDose(StrictModel):
+    """The first doses of a regimen (e.g. ixekizumab 160 mg once in ankylosing spondylitis): its own Dosage
+    (sequence 1) in the order, before the maintenance dose."""
+
+    dose: Quantity
+    frequency: int
+    period: float
+    period_unit: Literal["h", "d", "wk", "mo"]
+    count: int
+
+
+# What a dosing text may name; every amount it shows comes from these fields (no literal copy of the dose).
+DOSING_TEXT_FIELDS = frozenset({"dose", "loading_dose", "max_per_day", "step_up_dose"})
+_LITERAL_AMOUNT = r"(?<![\w.{{])\d+(?:\.\d+)?\s*{unit}(?![\w/])"
+
+
+def amount_text(q: "Quantity") -> str:
+    value = int(q.value) if float(q.value).is_integer() else q.value
+    return f"{value} {q.unit}"
+
+
 class Dosing(StrictModel):
     product: str | None = None             # SCD code among the drug's products; else the ingredient is used
-    dose: Quantity | None = None
-    dose_range: DoseRange | None = None
+    dose: Quantity
+    loading: LoadingDose | None = None
     route: str
     frequency: int
     period: float
     period_unit: Literal["h", "d", "wk", "mo"]
+    as_needed: bool = False
+    max_per_day: Quantity | None = None
+    step_up_dose: Quantity | None = None   # a later dose the label allows (said in the text; a new order)
     count: int | None = None               # total administrations (single-dose drugs)
     duration_days: int | None = None
     reassess_days: int | None = None
-    text: str
+    text: str                              # a template: {dose}, {loading_dose}, {max_per_day} (rendered at load)
     citations: list[str]
+    _text_template: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
-    def _one_dose(self) -> "Dosing":
-        if (self.dose is None) == (self.dose_range is None):
-            raise ValueError("give exactly one of dose, dose_range")
+    def _text_from_the_fields(self) -> "Dosing":
+        """The text names the dose through its fields, never as a literal copy, so a changed dose changes the text
+        with the order. Rendered once here; `text_template` keeps the data's own wording."""
+        import re
+
+        fields = _template_fields(self.text)
+        if "dose" not in fields:
+            raise ValueError("the dosing text must show the dose as {dose}")
+        if fields - DOSING_TEXT_FIELDS:
+            raise ValueError(f"unknown dosing text fields {sorted(fields - DOSING_TEXT_FIELDS)}")
+        if ("loading_dose" in fields) != (self.loading is not None):
+            raise ValueError("{loading_dose} goes with a `loading` dose, and a loading dose must be in the text")
+        if ("max_per_day" in fields) != (self.max_per_day is not None):
+            raise ValueError("{max_per_day} goes with `max_per_day`, and a daily maximum must be in the text")
+        if ("step_up_dose" in fields) != (self.step_up_dose is not None):
+            raise ValueError("{step_up_dose} goes with `step_up_dose`, and a step-up dose must be in the text")
+        units = {self.dose.unit} | ({self.loading.dose.unit} if self.loading else set()) | (
+            {self.step_up_dose.unit} if self.step_up_dose else set())
+        for unit in units:
+            literal = re.search(_LITERAL_AMOUNT.format(unit=re.escape(unit)), self.text)
+            if literal:
+                raise ValueError(f"the dosing text copies an amount ({literal.group(0)!r}): use {{dose}}/{{loading_dose}}")
+        values = {"dose": amount_text(self.dose), "max_per_day": amount_text(self.max_per_day) if self.max_per_day else "",
+                  "loading_dose": amount_text(self.loading.dose) if self.loading else "",
+                  "step_up_dose": amount_text(self.step_up_dose) if self.step_up_dose else ""}
+        self._text_template = self.text
+        object.__setattr__(self, "text", self.text.format_map(values))
         return self
 
 
@@ -165,11 +214,21 @@ class ServicesFile(StrictModel):
 class SafetyCheck(StrictModel):
     id: str
     applies_to: list[str]
-    effect: Literal["block", "warn", "substitute", "require_orders"]
+    effect: Literal["block", "warn", "substitute", "require_orders", "caution"]
     params: dict[str, Any]
     wording: str
-    unknown_wording: str | None = None     # said when the data the check needs could not be obtained
+    unknown_wording: str | None = None     # said when the data the check needs is not recorded
+    # Facts that decide this check. When one of them could not be read or obtained (PatientFacts.unreadable), the
+    # drug is withheld from one-click ordering with `unreadable_wording` (safety fails closed).
+    needs: list[str] = Field(default_factory=list)
+    unreadable_wording: str | None = None
     citations: list[str]
+
+    @model_validator(mode="after")
+    def _unreadable_said(self) -> "SafetyCheck":
+        if self.needs and not self.unreadable_wording:
+            raise ValueError("a check with `needs` must say what it withholds (`unreadable_wording`)")
+        return self
 
     @property
     def rule(self) -> str:
@@ -196,6 +255,13 @@ class AllergyClass(StrictModel):
         return ValueSet(codings=self.codings, phrases=self.phrases)
 
 
+class FailClosed(StrictModel):
+    """The data a safety fact depends on: prefetch keys, and per resource type the elements that decide it."""
+
+    prefetch: list[str]
+    resources: dict[str, list[str]]
+
+
 class OverrideReason(StrictModel):
     code: str
     display: str
@@ -205,6 +271,7 @@ class SafetyFile(StrictModel):
     checks: list[SafetyCheck]
     screening_results: ScreeningResults
     allergy_classes: dict[str, AllergyClass]
+    fail_closed: dict[str, FailClosed]
     override_reasons: list[OverrideReason]
     override_system: str
 
@@ -404,6 +471,52 @@ def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+_PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30}
+
+
+def product_strength(display: str) -> tuple[float, str] | None:
+    """Amount of drug per unit of an RxNorm SCD from its name: "0.4 ML adalimumab 100 MG/ML Prefilled Syringe" is
+    40 mg, "naproxen 500 MG Oral Tablet" 500 mg (None when the name gives no strength)."""
+    import re
+
+    per_ml = re.search(r"^([\d.]+) ML .*?([\d.]+) MG/ML\b", display)
+    if per_ml:
+        return round(float(per_ml.group(1)) * float(per_ml.group(2)), 6), "mg"
+    amount = re.search(r"([\d.]+) MG(?!/)\b", display)
+    return (float(amount.group(1)), "mg") if amount else None
+
+
+def check_dosing(drug: "Drug", key: str, dosing: "Dosing") -> str | None:
+    """Why an order built from this dosing would contradict itself (dose vs product strength and unit, daily
+    maximum vs the regimen), or None. Every dose is a whole number of the product's units."""
+    product = drug.product(dosing.product) if dosing.product else None
+    if dosing.product and product is None:
+        return f"product {dosing.product!r} is not among the drug's products"
+    doses = [("dose", dosing.dose)] + ([("loading dose", dosing.loading.dose)] if dosing.loading else []) + (
+        [("step-up dose", dosing.step_up_dose)] if dosing.step_up_dose else [])
+    if product is not None:
+        strength = product_strength(product.display)
+        for name, q in doses:
+            if q.unit.endswith("/kg"):
+                continue                     # weight-based: the dispensed amount follows the patient's weight
+            if strength is None:
+                return f"product {product.code} ({product.display}) gives no strength to check the {name} against"
+            per_unit, unit = strength
+            if q.unit.lower() != unit:
+                return f"{name} unit {q.unit!r} does not match product {product.code} ({product.display}, {unit})"
+            units = q.value / per_unit
+            if units < 1 or abs(units - round(units)) > 1e-6:
+                return (f"{name} {amount_text(q)} is not a whole number of product {product.code} "
+                        f"({product.display}: {per_unit:g} {unit} a unit)")
+    if dosing.max_per_day is not None:
+        if dosing.max_per_day.unit != dosing.dose.unit:
+            return "max_per_day must be in the dose's unit"
+        daily = dosing.dose.value * dosing.frequency * _PER_DAY[dosing.period_unit] / dosing.period
+        if daily > dosing.max_per_day.value + 1e-6:
+            return f"the regimen gives {daily:g} {dosing.dose.unit} a day, above max_per_day {amount_text(dosing.max_per_day)}"
+    return None
+
+
 def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
     def need(ok: bool, file: str, place: str, reason: str) -> None:
         if not ok:
@@ -415,8 +528,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
         for key, dosing in drug.dosing.items():
             place = f"drugs.{drug.id}.dosing.{key}"
             need(dosing.route in k.medications.routes, "medications.yaml", place, f"unknown route {dosing.route!r}")
-            need(dosing.product is None or drug.product(dosing.product) is not None, "medications.yaml", place,
-                 f"product {dosing.product!r} is not among the drug's products")
+            problem = check_dosing(drug, key, dosing)
+            need(problem is None, "medications.yaml", place, problem or "")
             for c in dosing.citations:
                 need(c in k.evidence, "medications.yaml", place, f"unknown citation {c!r}")
     for check in k.safety.checks:
@@ -425,6 +538,9 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
             need(cls in DRUG_CLASSES, "safety.yaml", place, f"unknown drug class {cls!r}")
         for c in check.citations:
             need(c in k.evidence, "safety.yaml", place, f"unknown citation {c!r}")
+        for fact in check.needs:
+            need(fact in FACT_NAMES, "safety.yaml", place, f"unknown fact {fact!r}")
+            need(fact in k.safety.fail_closed, "safety.yaml", place, f"fact {fact!r} has no fail_closed entry")
         for services in (check.params.get("orders") or {}).values():
             for s in services:
                 need(s in k.services.services, "safety.yaml", place, f"unknown service {s!r}")

@@ -171,7 +171,7 @@ def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[lis
     if recommended is None and allowed:
         recommended = allowed[0][0]
     allowed.sort(key=lambda item: item[0] != recommended)      # the recommended alternative goes first
-    options = [MedicationOption(d, med.dosing, d == recommended, s) for d, s in allowed]
+    options = [MedicationOption(d, s.dosing or med.dosing, d == recommended, s) for d, s in allowed]
     return options, blocked, [], med
 
 

@@ -60,6 +60,10 @@ class PatientFacts:
     conditions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # value set id -> Condition refs
     failed_families: frozenset[str] = frozenset()
     current_drugs: frozenset[str] = frozenset()
+    # Safety facts whose data could not be read or obtained (an unreadable AllergyIntolerance, eGFR, pregnancy or
+    # medication record, or a prefetch key that could not be fetched): unknown, never "absent". A drug a check on
+    # one of these facts would block is never a one-click order (hooks/safety/checks.py, `needs`).
+    unreadable: frozenset[str] = frozenset()
 
     def get(self, name: str) -> Any:
         return self.values.get(name)
@@ -117,6 +121,15 @@ def condition_is_active(condition: Any) -> bool:
     if _status_code(getattr(condition, "verificationStatus", None)) in REFUTED:
         return False
     return _status_code(getattr(condition, "clinicalStatus", None)) not in INACTIVE_CONDITION
+
+
+def data_unreadable(record: PatientRecord, resource_type: str, elements: Iterable[str]) -> bool:
+    """Whether a resource of this type, or one of its deciding `elements`, could not be read. Uses the intake's
+    element-level report (`record.unreadable`) when the reader has one, else the resources it dropped whole."""
+    api = getattr(record, "unreadable", None)
+    if callable(api):
+        return bool(api(resource_type, *elements))
+    return any(s.resource_type == resource_type for s in record.skipped)
 
 
 def _days(delta: dt.timedelta) -> int:
@@ -398,6 +411,7 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     flag("active_serious_infection", "active_serious_infection")
     flag("ibd", "ibd")
     flag("demyelinating_disease", "demyelinating_disease")
+    flag("liver_disease_or_alcohol", "liver_disease_or_alcohol")
     flag("physiological_context", "athlete", "postpartum")
 
     gender = getattr(patient, "gender", None) if patient is not None else None
@@ -563,8 +577,33 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
         sources["si_injection_done"] = tuple(done)
 
     failed_families = frozenset(e.family or e.drug for e in failed_tnf)
+    unreadable = _unreadable_safety_facts(record, values, k)
+    for name in sorted(unreadable):
+        label = k.pathway_file.fact_labels.get(name, name)
+        if label not in unknown:
+            unknown.append(label)
     return PatientFacts(
         values=values, sources=sources, now=now, exposures=exposures, screening=screening,
         gi_risk_factors=tuple(factors), dates=dates, unknown=tuple(unknown), conditions=cond,
         failed_families=failed_families, current_drugs=frozenset(e.drug for e in exposures if e.current),
+        unreadable=frozenset(unreadable),
     )
+
+
+def _unreadable_safety_facts(record: PatientRecord, values: Mapping[str, Any], k: ClinicalKnowledge) -> set[str]:
+    """Safety facts that stay unknown because data that could decide them was not obtained or not read
+    (safety.yaml `fail_closed`): one unreadable AllergyIntolerance may be the NSAID allergy, one unreadable
+    Observation the latest eGFR, one unreadable Condition the pregnancy, one unreadable medication record the
+    anticoagulant. A fact already true from readable data keeps its value (it blocks anyway); a man is not
+    held for pregnancy unless his gender could not be read."""
+    out: set[str] = set()
+    for fact, spec in k.safety.fail_closed.items():
+        if values.get(fact):
+            continue
+        if fact == "pregnant" and getattr(record.patient, "gender", None) == "male" and not data_unreadable(
+                record, "Patient", spec.resources.get("Patient", ())):
+            continue
+        if any(key in record.unavailable for key in spec.prefetch) or any(
+                data_unreadable(record, rtype, elements) for rtype, elements in spec.resources.items()):
+            out.add(fact)
+    return out

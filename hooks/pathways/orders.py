@@ -128,7 +128,7 @@ def review_drafts(drafts: Iterable[Any], assessments: tuple[Assessment, ...], ac
         safety: DrugSafety = evaluate_drug(draft.drug, facts, k)
         classes = set(k.drugs[draft.drug].classes)
         on_ppi = "ppi" in facts.current_classes()
-        serious = [f for f in safety.flags if f.effect in ("block", "warn")]
+        serious = [f for f in safety.flags if f.effect in ("block", "withhold", "warn")]
         gi = [f for f in safety.flags if f.effect == "substitute" and "cox2_inhibitor" not in classes and not on_ppi]
         screening = [f for f in safety.flags if f.effect == "require_orders"]
         if serious or gi or screening:

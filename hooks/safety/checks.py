@@ -13,13 +13,16 @@ from hooks.knowledge.clinical import ClinicalKnowledge, SafetyCheck, clinical_kn
 from hooks.pathways.facts import PatientFacts
 
 
+BLOCKING = frozenset({"block", "withhold"})
+
+
 @dataclass(frozen=True)
 class SafetyFlag:
     """One check that fired for one drug."""
 
     check: str
     rule: str
-    effect: str                  # block / warn / substitute / require_orders / unknown
+    effect: str                  # block / withhold / warn / substitute / require_orders / unknown
     text: str                    # wording from the data, filled with the patient's values
     citations: tuple[str, ...]
     sources: tuple[str, ...] = ()
@@ -34,10 +37,12 @@ class DrugSafety:
     add_services: tuple[str, ...] = ()                  # tests to order in the same suggestion
     add_drugs: tuple[tuple[str, str], ...] = ()         # (drug id, dosing key), e.g. a PPI
     hold: bool = False                                  # order the added tests now, the drug after their results
+    dosing: str | None = None                           # a check's safer dosing of this drug (e.g. a lower ceiling)
 
     @property
     def blocked(self) -> bool:
-        return any(f.effect == "block" for f in self.flags)
+        """Never a one-click order: a check blocks it, or a fact a check needs could not be read (withhold)."""
+        return any(f.effect in BLOCKING for f in self.flags)
 
     @property
     def warns(self) -> bool:
@@ -46,7 +51,7 @@ class DrugSafety:
 
     @property
     def warnings(self) -> tuple[SafetyFlag, ...]:
-        return tuple(f for f in self.flags if f.effect in ("block", "warn", "unknown"))
+        return tuple(f for f in self.flags if f.effect in ("block", "withhold", "warn", "unknown"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class _Outcome:
     sources: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     drugs: tuple[tuple[str, str], ...] = ()
+    dosing: str | None = None
 
 
 Check = Callable[[SafetyCheck, PatientFacts, ClinicalKnowledge, str], "_Outcome | None"]
@@ -80,7 +86,7 @@ def _gi_risk(check: SafetyCheck, facts: PatientFacts, k: ClinicalKnowledge, drug
 
 def _anticoagulant(check, facts, k, drug):
     if facts.get("anticoagulant_current"):
-        return _Outcome("warn", {}, facts.sources.get("anticoagulant_current", ()))
+        return _Outcome(check.effect, {}, facts.sources.get("anticoagulant_current", ()))
     return None
 
 
@@ -145,8 +151,24 @@ def _jak_age(check, facts, k, drug):
     return None
 
 
+def _acetaminophen_liver(check, facts, k, drug):
+    if facts.get("liver_disease_or_alcohol"):
+        return _Outcome("substitute", {}, facts.sources.get("liver_disease_or_alcohol", ()),
+                        dosing=check.params["dosing"])
+    return None
+
+
+def _age_caution(check, facts, k, drug):
+    age = facts.get("age")
+    if age is not None and age >= check.params["age_from"]:
+        return _Outcome("caution", {"age": age}, facts.sources.get("age", ()))
+    return None
+
+
 CHECKS: dict[str, Check] = {
     "gi_risk": _gi_risk,
+    "acetaminophen_liver": _acetaminophen_liver,
+    "acetaminophen_older_adult": _age_caution,
     "anticoagulant_nsaid": _anticoagulant,
     "renal_block": _renal_below,
     "renal_warn": _renal_below,
@@ -182,16 +204,23 @@ def evaluate_drug(drug: str, facts: PatientFacts, k: ClinicalKnowledge | None = 
     services: list[str] = []
     drugs: list[tuple[str, str]] = []
     hold = False
+    dosing = None
     for check in k.safety.checks:
         if not classes & set(check.applies_to):
             continue
         outcome = CHECKS[check.id](check, facts, k, drug)
+        unreadable = [f for f in check.needs if f in facts.unreadable]
+        if unreadable and (outcome is None or outcome.effect != "block"):
+            # fail closed: what could not be read may be exactly what this check blocks on
+            outcome = _Outcome("withhold", {})
         if outcome is None:
             continue
-        template = check.unknown_wording if outcome.effect == "unknown" else check.wording
+        template = {"unknown": check.unknown_wording, "withhold": check.unreadable_wording}.get(
+            outcome.effect) or check.wording
         text = template.format_map({key: _fmt(v) for key, v in outcome.values.items()})
         flags.append(SafetyFlag(check.id, check.rule, outcome.effect, text, tuple(check.citations), outcome.sources))
         services.extend(s for s in outcome.services if s not in services)
         drugs.extend(d for d in outcome.drugs if d not in drugs)
         hold = hold or bool(outcome.services and check.params.get("hold_drug"))
-    return DrugSafety(drug, tuple(flags), tuple(services), tuple(drugs), hold)
+        dosing = dosing or outcome.dosing
+    return DrugSafety(drug, tuple(flags), tuple(services), tuple(drugs), hold, dosing)
