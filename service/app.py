@@ -6,13 +6,14 @@ from typing import Any, Mapping
 from flask import Flask
 
 from service import auth, cors, errors, ledger, logs, metrics, storage
-from service.config import load_settings
+from service.config import check_production, load_settings
 
 
 def create_app(settings: Mapping[str, Any] | None = None) -> Flask:
     """Build an app. `settings` overrides environment variables of the same names (see service.config)."""
     app = Flask("service", instance_relative_config=False)
     app.config.update(load_settings(settings))
+    check_production(app.config)          # PRODUCTION: unsafe settings stop start-up here, before anything opens
     # Werkzeug also bounds the body it reads; our own reader checks again (chunked bodies have no length).
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
     app.json.sort_keys = False

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
-#: paths a load balancer or Prometheus reaches without a token
+#: paths a load balancer or Prometheus reaches without a JWT (/metrics has its own METRICS_TOKEN)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: without PUBLIC_BASE_URL (development only) the audience is the request URL, but only for these host names:
+#: any other Host is the caller's choice, and a token minted for that host must not be accepted here
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 MAX_TOKEN_CHARS = 16_384
 MAX_JWKS_BYTES = 256 * 1024
 MAX_ID_CHARS = 255
@@ -55,6 +58,10 @@ class AuthError(Exception):
         self.iss = iss
         self.jti = jti
         self.tenant = tenant
+
+
+class ReplayGuardUnavailable(AuthError):
+    """The token could not be checked for replay because the database is down: 503, not 401."""
 
 
 class AuthConfigError(ValueError):
@@ -378,9 +385,10 @@ class ReplayGuard:
 
     @staticmethod
     def _unavailable(exc: Exception) -> None:
-        # fail closed: without the replay guard a stolen token could be replayed
+        # fail closed: without the replay guard a stolen token could be replayed. The call is refused, but as
+        # 503 + Retry-After: the credentials may be fine, the database is what is down.
         log.error("replay_guard_unavailable", extra={"reason": type(exc).__name__})
-        raise AuthError("replay_guard_unavailable") from None
+        raise ReplayGuardUnavailable("replay_guard_unavailable") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -608,10 +616,11 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION_KEY] = verifier
     public_base_url = str(config.get("PUBLIC_BASE_URL") or "").rstrip("/")
     if not public_base_url and issuers:
-        # without it the audience comes from the Host header, which the caller chooses: a token minted for
-        # another service could be replayed here with that service's host name
+        # production refuses to start without it (service.config.check_production); in development the audience
+        # is the request URL for loopback hosts only, so a token minted for another host is never accepted
         log.warning(
-            "PUBLIC_BASE_URL not set: the JWT audience is taken from the request's Host header; set it in production",
+            "PUBLIC_BASE_URL not set: development only; the JWT audience is the request URL on localhost, and "
+            "calls to any other host name are refused",
             extra={"reason": "no_public_base_url"},
         )
 
@@ -619,13 +628,13 @@ def init_app(app: Flask) -> None:
     def authenticate() -> Response | None:
         if request.method == "OPTIONS" or request.path in OPEN_PATHS:
             return None
-        if public_base_url:
-            # the URL as the client wrote it (percent-encoded), like request.base_url
-            audience = public_base_url + quote(request.path, safe="/:@!$&'()*+,;=")
-        else:
-            audience = request.base_url
         try:
-            token = verifier.verify(request.headers.get("Authorization"), audience)
+            token = verifier.verify(request.headers.get("Authorization"), _audience(public_base_url))
+        except ReplayGuardUnavailable as exc:
+            g.auth_reason = exc.reason
+            from service.errors import CdsError
+
+            raise CdsError.unavailable("token verification (the database)") from None
         except AuthError as exc:
             g.auth_reason = exc.reason
             log.warning(
@@ -638,6 +647,18 @@ def init_app(app: Flask) -> None:
         g.jwt_jti = token.jti
         g.jwt_tenant = token.tenant
         return None
+
+
+def _audience(public_base_url: str) -> str:
+    """The URL the token must be minted for: PUBLIC_BASE_URL + path, or (development) the loopback request URL."""
+    if public_base_url:
+        # the URL as the client wrote it (percent-encoded), like request.base_url
+        return public_base_url + quote(request.path, safe="/:@!$&'()*+,;=")
+    host = (request.host or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if name not in LOOPBACK_HOSTS:
+        raise AuthError("audience_unconfigured")
+    return request.base_url
 
 
 def unauthorized() -> Response:

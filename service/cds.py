@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import orjson
 from flask import Blueprint, Response, current_app, g
 
+from hooks import budget
 from hooks.knowledge import knowledge_version
 from hooks.record import PatientRecord
 from hooks.registry import CdsServiceDefinition, HookRequest, registered_services
@@ -21,6 +22,7 @@ from service.storage import get_storage
 bp = Blueprint("cds", __name__)
 
 KNOWLEDGE_EXTENSION = "org.msk-cds.knowledge-version"
+RECORD_NOTICE_SOURCE = "MSK imaging CDS: service notice"
 
 
 def _json_default(value: Any) -> Any:
@@ -76,9 +78,20 @@ def invoke(service_id: str) -> Response:
         now=evaluation_time(),
         fhir_server=call.fhir_server,
     )
-    result = definition.handler(request)
+    # issue 12: one work budget over the evaluation (hooks.budget): a chart too large to read in time is read
+    # newest report first, and an info card says what was left unread
+    work = budget.WorkBudget(float(current_app.config["EVALUATION_BUDGET_SECONDS"]),
+                             int(current_app.config["EVALUATION_MAX_REPORT_CHARS"]))
+    with budget.scope(work):
+        result = definition.handler(request)
+    result_cards = list(result.cards)
+    if work.incomplete:
+        result_cards.append(budget.incomplete_record_card(work, RECORD_NOTICE_SOURCE))
+        metrics.count_incomplete_record(definition.id)
+    logs.annotate(reports_read=work.reports_read, reports_not_read=work.reports_skipped,
+                  evaluation_ms=round(work.elapsed() * 1000, 1))
     # order-sign does not repeat order-select cards; overridden cards may be withheld; cards are recorded and counted
-    cards = ledger.after_handler(request, result.cards)
+    cards = ledger.after_handler(request, result_cards)
     payload: dict[str, Any] = {"cards": cards}
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)

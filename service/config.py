@@ -63,18 +63,20 @@ def as_instant(value: Any) -> dt.datetime | None:
 
 
 def as_url_list(value: Any) -> tuple[str, ...]:
-    """Comma-separated absolute http(s) base URLs, normalised (lower-case scheme and host, no trailing slash)."""
+    """Comma-separated absolute http(s) base URLs in canonical form (service.fhirurl: lower-case scheme and host,
+    no default port, no trailing slash; dot segments, parameters and credentials refused)."""
+    from service.fhirurl import UnsafeUrl, canonical_base_url
+
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     out = []
     for item in items:
         text = str(item).strip()
         if not text:
             continue
-        scheme, sep, rest = text.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest:
-            raise ValueError("expected absolute http(s) URLs")
-        host, slash, path = rest.partition("/")
-        out.append(f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/"))
+        try:
+            out.append(canonical_base_url(text))
+        except UnsafeUrl as exc:
+            raise ValueError(f"each URL {exc}") from None
     return tuple(out)
 
 
@@ -105,7 +107,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_FETCH_WORKERS", 4, as_int, "threads fetching missing prefetch keys concurrently"),
     Setting("FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, as_int, "largest FHIR response page read"),
     Setting("FHIR_SERVER_ALLOWLIST", (), as_url_list,
-            "comma-separated fhirServer base URLs the service may read from (empty: any; set it in production)"),
+            "comma-separated fhirServer base URLs the service may read from (production refuses to start without it)"),
+    Setting("FHIR_SERVER_ALLOW_ANY", False, as_bool,
+            "explicit opt-out of the allowlist: read from any fhirServer (production starts without an allowlist)"),
     Setting("FHIR_ALLOW_INSECURE_HTTP", False, as_bool,
             "development only: accept fhirAuthorization with an http:// fhirServer (else 400; a warning per call)"),
     Setting("AUTH_DISABLED", False, as_bool, "development only: accept calls without a JWT"),
@@ -122,10 +126,53 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "INFO", as_str, "log level"),
     Setting("SUPPRESS_OVERRIDDEN_CARDS", False, as_bool, "hide cards the user overrode before"),
     Setting("METRICS_ENABLED", True, as_bool, "serve Prometheus metrics at /metrics"),
+    Setting("METRICS_TOKEN", None, as_str,
+            "bearer token /metrics requires (production refuses to start with metrics on and no token)"),
+    Setting("EVALUATION_BUDGET_SECONDS", 5.0, as_float,
+            "deadline of one call's clinical evaluation; past it, older reports are left unread and named on a card"),
+    Setting("EVALUATION_MAX_REPORT_CHARS", 1_500_000, as_int,
+            "report text analysed per call, newest reports first; the rest is left unread and named on a card"),
+    Setting("PRODUCTION", False, as_bool,
+            "refuse unsafe settings at start-up (set by `msk-cds serve --production` and the gunicorn config)"),
+    Setting("DB_CONNECT_TIMEOUT_SECONDS", 3.0, as_float, "time to open a database connection"),
+    Setting("DB_STATEMENT_TIMEOUT_SECONDS", 5.0, as_float,
+            "longest database statement (PostgreSQL statement_timeout; SQLite busy timeout)"),
+    Setting("DB_POOL_TIMEOUT_SECONDS", 2.0, as_float, "wait for a free pooled connection"),
     Setting("NO_REPEAT_WINDOW_HOURS", 24.0, as_float, "order-sign withholds cards shown at order-select this recently"),
     Setting("OVERRIDE_SUPPRESSION_DAYS", 30.0, as_float, "how long SUPPRESS_OVERRIDDEN_CARDS remembers an override"),
     Setting("LEDGER_SALT", None, as_str, "key for patient/user pseudonyms in the card ledger (default: one per database)"),
 )
+
+
+#: the smallest METRICS_TOKEN accepted: a short token is guessable over the network
+MIN_METRICS_TOKEN_CHARS = 16
+
+
+def production_problems(settings: Mapping[str, Any]) -> list[str]:
+    """What makes these settings unsafe to serve real patients with (empty when they are fine)."""
+    problems = []
+    auth_on = not settings.get("AUTH_DISABLED")
+    if auth_on and not settings.get("PUBLIC_BASE_URL"):
+        problems.append("PUBLIC_BASE_URL is required with authentication on (it is the JWT audience; the Host "
+                        "header is the caller's choice)")
+    if not settings.get("FHIR_SERVER_ALLOWLIST") and not settings.get("FHIR_SERVER_ALLOW_ANY"):
+        problems.append("FHIR_SERVER_ALLOWLIST is required (the fhirServer URLs the service may read from; "
+                        "FHIR_SERVER_ALLOW_ANY=true is the explicit opt-out)")
+    if settings.get("METRICS_ENABLED", True):
+        token = settings.get("METRICS_TOKEN") or ""
+        if len(token) < MIN_METRICS_TOKEN_CHARS:
+            problems.append(f"METRICS_TOKEN of at least {MIN_METRICS_TOKEN_CHARS} characters is required while "
+                            "METRICS_ENABLED is true")
+    return problems
+
+
+def check_production(settings: Mapping[str, Any]) -> None:
+    """With PRODUCTION on, refuse to start on unsafe settings: one ConfigError naming every problem."""
+    if not settings.get("PRODUCTION"):
+        return
+    problems = production_problems(settings)
+    if problems:
+        raise ConfigError("refusing to start in production: " + "; ".join(problems))
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict:

@@ -28,13 +28,24 @@ class Issue:
         return out
 
 
-class CdsError(Exception):
-    """A request we answer with a client error (400/404/412/413/415...) and the issues that explain it."""
+#: what a client is told to wait before retrying while a dependency (the database) is down
+RETRY_AFTER_SECONDS = 5
 
-    def __init__(self, status: int, issues: Iterable[Issue]) -> None:
+
+class CdsError(Exception):
+    """A request we answer with a client error (400/404/412/413/415...) or 503, and the issues that explain it."""
+
+    def __init__(self, status: int, issues: Iterable[Issue], headers: dict | None = None) -> None:
         self.status = status
         self.issues = tuple(issues)
+        self.headers = dict(headers or {})
         super().__init__(f"{status}: " + "; ".join(i.diagnostics for i in self.issues))
+
+    @classmethod
+    def unavailable(cls, what: str) -> "CdsError":
+        """503 + Retry-After: the call was not done (nothing stored, nothing answered) and may be sent again."""
+        return cls(503, [Issue(f"{what} temporarily unavailable; retry later", None, "transient")],
+                   {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @classmethod
     def invalid(cls, issues: Iterable[Issue]) -> "CdsError":
@@ -85,7 +96,13 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _cds_error(exc: CdsError) -> Response:
-    return outcome_response(exc.status, exc.issues)
+    return outcome_response(exc.status, exc.issues, exc.headers)
+
+
+def _database_down(exc: Exception) -> Response:
+    # connection refused or lost, a statement or pool timeout: the database, not the request, is at fault
+    log.error("database_unavailable", extra={"error_type": type(exc).__name__})
+    return _cds_error(CdsError.unavailable("the database"))
 
 
 def _unexpected(exc: Exception) -> Response:
@@ -97,6 +114,10 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
+
     app.register_error_handler(CdsError, _cds_error)
+    for kind in (OperationalError, InterfaceError, PoolTimeout):
+        app.register_error_handler(kind, _database_down)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -18,8 +18,14 @@ RFC3339 = re.compile(
 )
 
 
+#: outcome times outside these years are typing errors or probes, and some databases cannot store them
+EARLIEST_YEAR, LATEST_YEAR = 1970, 2999
+
+
 def parse_rfc3339(value: str) -> dt.datetime | None:
     if not RFC3339.match(value):
+        return None
+    if not EARLIEST_YEAR <= int(value[:4]) <= LATEST_YEAR:
         return None
     text = value.upper().replace("Z", "+00:00")
     if "." in text:  # Python accepts at most 6 fraction digits
@@ -28,7 +34,7 @@ def parse_rfc3339(value: str) -> dt.datetime | None:
         text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
     try:
         return dt.datetime.fromisoformat(text).astimezone(dt.timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):      # 9999-12-31T23:59:59-23:59 is past datetime's last UTC instant
         return None
 
 
@@ -41,7 +47,23 @@ def _string(value: Any, path: str, limit: int, issues: list[Issue], required: bo
     if len(value) > limit:
         issues.append(Issue(f"longer than {limit} characters", path))
         return None
+    problem = _unstorable(value)
+    if problem:
+        issues.append(Issue(problem, path))
+        return None
     return value
+
+
+def _unstorable(value: str) -> str | None:
+    """Text no database stores faithfully: a lone UTF-16 surrogate (valid JSON escape, invalid Unicode) or NUL
+    (PostgreSQL text refuses it)."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (a lone UTF-16 surrogate escape is not)"
+    return None
 
 
 def _item(item: Any, base: str, issues: list[Issue]) -> dict[str, Any] | None:
@@ -87,6 +109,9 @@ def _item(item: Any, base: str, issues: list[Issue]) -> dict[str, Any] | None:
                                              required=False)
             comment = _string(override.get("userComment"), f"{path}.userComment", MAX_COMMENT, issues,
                               required=False)
+            if reason is None and override.get("userComment") is None:
+                # CDS Hooks 2.0: an overrideReason carries a reason, a userComment or both; {} says nothing
+                issues.append(Issue("must have a reason or a userComment", path))
     timestamp = None
     raw_time = item.get("outcomeTimestamp")
     if not isinstance(raw_time, str):

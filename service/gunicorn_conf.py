@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from service.production import default_workers, request_timeout
+from service.production import WSGI_APP, default_workers, request_timeout
 
 
 def _prepare_multiprocess_dir() -> str:
@@ -33,7 +33,7 @@ def _prepare_multiprocess_dir() -> str:
 
 metrics_dir = _prepare_multiprocess_dir()
 
-wsgi_app = "service:create_app()"
+wsgi_app = WSGI_APP
 bind = [os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")]
 workers = default_workers()
 # Sync workers by default (CPU-bound rules, one request per process); GUNICORN_THREADS > 1 switches to gthread.

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from service.errors import CdsError, Issue
+from service.fhirurl import UnsafeUrl, canonical_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +72,15 @@ def _is_nonempty_str(value: Any) -> bool:
 
 
 def _check_url(value: Any, path: str, issues: list[Issue]) -> str | None:
+    """The canonical base URL (service.fhirurl): what the allowlist compares is exactly what is read."""
     if not _is_nonempty_str(value):
         issues.append(Issue("must be a non-empty string", path))
         return None
     try:
-        parts = urlsplit(value)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.username \
-            or parts.query or parts.fragment or any(c.isspace() for c in value):
-        issues.append(Issue("must be an absolute http(s) base URL without query, fragment or credentials", path))
+        return canonical_base_url(value)
+    except UnsafeUrl as exc:
+        issues.append(Issue(f"must be an absolute http(s) base URL: {exc}", path))
         return None
-    return value.rstrip("/")
 
 
 def _check_authorization(value: Any, issues: list[Issue]) -> FhirAuthorization | None:

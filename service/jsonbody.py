@@ -62,7 +62,12 @@ def read_body() -> bytes:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        try:
+            chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        except (OSError, ValueError):
+            # gunicorn's InvalidChunkSize/ChunkMissingTerminator/NoMoreData are OSErrors; a timed-out socket too
+            raise CdsError.one(400, None, "request body could not be read (malformed chunked encoding, or the "
+                                          "connection stalled or broke)") from None
         if not chunk:
             break
         chunks.append(chunk)

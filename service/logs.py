@@ -41,6 +41,9 @@ FIELDS = (
     "error_type",
     "knowledge_version",
     "count",
+    "reports_read",
+    "reports_not_read",
+    "evaluation_ms",
 )
 MAX_VALUE_CHARS = 200
 #: a hookInstance is a UUID by spec; anything else shaped like free text is not written

@@ -7,6 +7,7 @@ known set is reported as "unknown" or "other", so a caller cannot grow the serie
 """
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import time
@@ -71,6 +72,7 @@ class Metrics:
     fhir_fetch_errors: Counter
     auth_failures: Counter
     feedback: Counter
+    incomplete_records: Counter
 
     @classmethod
     def build(cls, known_services: Iterable[str]) -> "Metrics":
@@ -108,6 +110,9 @@ class Metrics:
             feedback=Counter(
                 "msk_cds_feedback_items", "Feedback items received by service and outcome",
                 ["service", "outcome"], registry=target),
+            incomplete_records=Counter(
+                "msk_cds_incomplete_records", "Calls answered before every report was read (work budget reached)",
+                ["service"], registry=target),
         )
 
     def service_label(self, service_id: str | None) -> str:
@@ -189,11 +194,24 @@ def observe_fhir_fetch(resource_type: str | None, seconds: float, error: str | N
         metrics.fhir_fetch_errors.labels(resource, _free_label(error)).inc()
 
 
+#: auth failures are counted by class only: the exact reason (bad_signature vs unknown_kid vs audience_mismatch...)
+#: would tell a prober which part of a forged token to fix next; it stays in the log, which only operators read
+AUTH_FAILURE_CLASSES = {"missing_token": "missing_token", "replay_guard_unavailable": "unavailable"}
+
+
 def count_auth_failure(reason: str | None) -> None:
     metrics = _current()
     if metrics is None:
         return
-    metrics.auth_failures.labels(_free_label(reason)).inc()
+    metrics.auth_failures.labels(AUTH_FAILURE_CLASSES.get(reason or "", "rejected")).inc()
+
+
+def count_incomplete_record(service_id: str | None) -> None:
+    """A call whose chart was too large to read completely within its work budget."""
+    metrics = _current()
+    if metrics is None:
+        return
+    metrics.incomplete_records.labels(metrics.service_label(service_id)).inc()
 
 
 def count_feedback(service_id: str | None, outcome: str | None) -> None:
@@ -211,6 +229,12 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
+    """Prometheus text; with METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>` (else a bare 401)."""
+    token = current_app.config.get("METRICS_TOKEN")
+    if token:
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), str(token).encode()):
+            return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
     metrics = current_app.extensions[EXTENSION_KEY]
     return Response(metrics.render(), mimetype=None, content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
@@ -236,7 +260,7 @@ def _record_request(response: Response) -> Response:
         endpoint, service_id = route
         observe_request(service_id, endpoint, response.status_code, time.perf_counter() - start)
     # service.auth leaves the reason of a rejected call in g (the 401 itself stays bare).
-    if response.status_code == 401 and g.get("auth_reason"):
+    if response.status_code in (401, 503) and g.get("auth_reason"):
         count_auth_failure(g.get("auth_reason"))
     return response
 

@@ -12,6 +12,7 @@ from flask import current_app
 from hooks.registry import CdsServiceDefinition
 from service import fhirfetch, metrics
 from service.errors import CdsError, Issue
+from service.fhirurl import UnsafeUrl, canonical_base_url, is_below
 from service.hookcall import HookCall
 from service.templates import TemplateError, render, token_values
 
@@ -96,14 +97,17 @@ def resolve(definition: CdsServiceDefinition, call: HookCall) -> ResolvedPrefetc
 
 def fhir_server_allowed(fhir_server: str, config: Mapping[str, Any]) -> bool:
     """With FHIR_SERVER_ALLOWLIST set, only listed servers (or paths below them) are read, so a caller cannot make
-    the service send requests, and the access token, anywhere else. An empty list allows any server."""
+    the service send requests, and the access token, anywhere else. Both sides are canonical (service.fhirurl:
+    case, default ports, trailing slashes; dot segments and ';' refused). Empty list: production refuses to start
+    unless FHIR_SERVER_ALLOW_ANY, development reads from any server."""
     allowlist = config.get("FHIR_SERVER_ALLOWLIST") or ()
     if not allowlist:
         return True
-    scheme, _, rest = fhir_server.partition("://")
-    host, slash, path = rest.partition("/")
-    normalised = f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/")
-    if any(normalised == allowed or normalised.startswith(allowed + "/") for allowed in allowlist):
+    try:
+        canonical = canonical_base_url(fhir_server)
+    except UnsafeUrl:
+        canonical = None
+    if canonical is not None and any(is_below(canonical, allowed) for allowed in allowlist):
         return True
     logger.warning("fhir_server_not_allowed", extra={"reason": "fhir_server_not_on_allowlist"})
     return False

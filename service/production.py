@@ -6,6 +6,7 @@ import os
 import sys
 
 CONFIG_MODULE = "python:service.gunicorn_conf"
+WSGI_APP = "service.production:production_app()"
 
 
 def _cpu_count() -> int:
@@ -44,8 +45,23 @@ def gunicorn_argv(workers: int | None = None, bind: str | None = None) -> list[s
         argv += ["--workers", str(int(workers))]
     if bind:
         argv += ["--bind", bind]
-    argv.append("service:create_app()")
+    argv.append(WSGI_APP)
     return argv
+
+
+def production_app():
+    """The app gunicorn serves: PRODUCTION on unless the environment says otherwise; unsafe settings stop start-up
+    with one line on stderr naming every problem (no traceback) and exit status 2."""
+    from service import create_app
+    from service.config import ConfigError
+
+    os.environ.setdefault("PRODUCTION", "true")
+    try:
+        return create_app()
+    except ConfigError as exc:
+        sys.stderr.write(f"msk-cds: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
 
 
 def serve(workers: int | None = None, bind: str | None = None) -> None:

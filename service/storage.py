@@ -3,17 +3,24 @@ DATABASE_URL names one. Other modules add their tables to `metadata`; the schema
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from flask import Flask, current_app
 from sqlalchemy import (
-    Column, DateTime, Engine, Integer, MetaData, String, Table, Text, create_engine, event, insert, select, text,
+    Column, DateTime, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, inspect, select,
+    text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+
+from service import dbdeadline
 
 EXTENSION_KEY = "msk_cds.storage"
 
@@ -34,7 +41,20 @@ feedback_table = Table(
     Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("issuer", String(1024), nullable=True),              # JWT iss of the caller, when authenticated
+    # sha256 of the item's content: a retry of the same feedback (after a 503, a timeout or a lost answer whose
+    # commit did happen) finds its row and stores nothing twice
+    Column("item_key", String(64), nullable=True),
+    Index("ux_cds_feedback_item_key", "item_key", unique=True),
 )
+
+
+def feedback_item_key(service_id: str, issuer: str | None, item: Mapping[str, Any]) -> str:
+    """The identity of one feedback event: who sent it, for which card, what they did, when."""
+    stamp = _utc(item["outcome_timestamp"])
+    content = [service_id, issuer, item["card"], item["outcome"], sorted(item.get("accepted_suggestions") or ()),
+               item.get("override_reason_system"), item.get("override_reason_code"), item.get("user_comment"),
+               stamp.isoformat() if stamp else None]
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
 
 
 def normalise_url(url: str) -> str:
@@ -43,6 +63,15 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """Every wait on the database is bounded (seconds); see the DB_* settings."""
+
+    connect: float = 3.0
+    statement: float = 5.0
+    pool: float = 2.0
 
 
 def _json_list(values: Iterable[str] | None) -> str | None:
@@ -59,17 +88,29 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 class Storage:
     """The app's database: an Engine plus the operations the service needs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeouts: DatabaseTimeouts | None = None) -> None:
         self.url = normalise_url(url)
+        self.timeouts = timeouts or DatabaseTimeouts()
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        t = self.timeouts
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 15})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # a locked database (another writer) is waited for at most the statement timeout, then 503
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": t.statement})
+            event.listen(self.engine, "connect", _sqlite_pragmas(t.statement))
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            # connect_timeout: a server that does not answer the start-up; statement_timeout: a slow statement
+            # (cancelled by a running server); pool_timeout: every pooled connection busy. A frozen server is
+            # bounded by the lease deadline of service.dbdeadline (instead of pool_pre_ping, which would hang).
+            ms = int(t.statement * 1000)
+            self.engine = create_engine(
+                self.url, pool_size=5, max_overflow=5, pool_timeout=t.pool, pool_recycle=1800,
+                connect_args={"connect_timeout": max(1, math.ceil(t.connect)),
+                              "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                                         f"-c idle_in_transaction_session_timeout={ms * 6}"})
+            dbdeadline.install(self.engine, lease_seconds=t.statement + t.connect, ping_seconds=t.connect)
         self._schema_lock = threading.Lock()
 
     def __repr__(self) -> str:  # the URL may hold a password
@@ -83,6 +124,20 @@ class Storage:
             except SQLAlchemyError:
                 # Another instance may have created a table between the check and the CREATE: check again.
                 metadata.create_all(self.engine, checkfirst=True)
+            self._add_feedback_item_key()
+
+    def _add_feedback_item_key(self) -> None:
+        """Databases made before feedback was idempotent lack item_key: add it (old rows keep NULL)."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns(feedback_table.name)}
+        if "item_key" in columns:
+            return
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(text(f"ALTER TABLE {feedback_table.name} ADD COLUMN item_key VARCHAR(64)"))
+                connection.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_cds_feedback_item_key "
+                                        f"ON {feedback_table.name} (item_key)"))
+        except SQLAlchemyError:
+            pass            # another instance added it meanwhile
 
     def ping(self) -> bool:
         try:
@@ -93,7 +148,8 @@ class Storage:
             return False
 
     def save_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]], issuer: str | None = None) -> int:
-        """Store all items in one transaction; returns the count once committed (raises if nothing was stored)."""
+        """Store all items in one transaction, idempotently: an item already stored (same content, a retry) is
+        not stored again. Returns how many items are durably stored once committed (raises if the commit failed)."""
         received_at = dt.datetime.now(dt.timezone.utc)
         rows = [
             {
@@ -108,13 +164,16 @@ class Storage:
                 "outcome_timestamp": _utc(item["outcome_timestamp"]),
                 "received_at": received_at,
                 "issuer": issuer,
+                "item_key": feedback_item_key(service_id, issuer, item),
             }
             for item in items
         ]
         if not rows:
             return 0
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(feedback_table).on_conflict_do_nothing(index_elements=["item_key"])
         with self.engine.begin() as connection:
-            connection.execute(insert(feedback_table), rows)
+            connection.execute(statement, rows)
         return len(rows)
 
     def feedback_rows(self, service_id: str | None = None) -> list[dict[str, Any]]:
@@ -133,18 +192,24 @@ class Storage:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers and one writer work together (several gunicorn workers); FULL sync so a 200 is durable.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=15000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_seconds: float):
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers and one writer work together (several gunicorn workers); FULL sync so a 200 is durable.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+    return apply
 
 
 def init_app(app: Flask) -> Storage:
-    storage = Storage(app.config["DATABASE_URL"])
+    config = app.config
+    storage = Storage(config["DATABASE_URL"], DatabaseTimeouts(
+        connect=float(config.get("DB_CONNECT_TIMEOUT_SECONDS") or 3.0),
+        statement=float(config.get("DB_STATEMENT_TIMEOUT_SECONDS") or 5.0),
+        pool=float(config.get("DB_POOL_TIMEOUT_SECONDS") or 2.0)))
     storage.create_schema()
     app.extensions[EXTENSION_KEY] = storage
     return storage

@@ -243,7 +243,7 @@ def test_gunicorn_config_loads_from_deploy_and_package(tmp_path):
     config = json.loads(done.stdout)
     assert config["workers"] == 3 and config["preload_app"] is True and config["threads"] == 1
     assert config["control_socket_disable"] is True
-    assert config["timeout"] > 10 and config["wsgi_app"] == "service:create_app()"
+    assert config["timeout"] > 10 and config["wsgi_app"] == "service.production:production_app()"
     assert config["hooks"] == ["post_fork", "child_exit", "when_ready", "on_exit"]
 
 
@@ -264,7 +264,7 @@ def test_production_command_line():
 
     argv = gunicorn_argv(workers=2, bind="127.0.0.1:9000")
     assert argv[1:5] == ["-m", "gunicorn", "--config", "python:service.gunicorn_conf"]
-    assert argv[-1] == "service:create_app()" and "--workers" in argv and "127.0.0.1:9000" in argv
+    assert argv[-1] == "service.production:production_app()" and "--workers" in argv and "127.0.0.1:9000" in argv
 
 
 def test_postgres_script_is_valid_bash():

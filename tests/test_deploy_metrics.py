@@ -62,7 +62,7 @@ def test_calls_are_counted_by_service_endpoint_and_status(open_app):
     assert sum(v for (name, _), v in table.items() if name == count) == 5
 
 
-def test_auth_failures_by_reason(tmp_path):
+def test_auth_failures_by_class_not_by_exact_reason(tmp_path):
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'a.sqlite3'}",
                       "TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks": jwks(KEY)}])})
     client = app.test_client()
@@ -70,12 +70,17 @@ def test_auth_failures_by_reason(tmp_path):
     token = mint(KEY, BASE + "/cds-services")
     assert client.get("/cds-services", headers=bearer(token)).status_code == 200
     assert client.get("/cds-services", headers=bearer(token)).status_code == 401      # replayed
-    table = samples(client)          # /metrics itself needs no token
+    forged = mint(KEY, "http://evil.example/cds-services")
+    assert client.get("/cds-services", headers=bearer(forged)).status_code == 401       # audience mismatch
+    table = samples(client)          # no METRICS_TOKEN here: /metrics is open (development)
     assert value(table, "msk_cds_auth_failures_total", reason="missing_token") == 1
-    assert value(table, "msk_cds_auth_failures_total", reason="replayed_jti") == 1
+    # replayed_jti and audience_mismatch are one class: the exact reason would guide a prober (it stays in the log)
+    assert value(table, "msk_cds_auth_failures_total", reason="rejected") == 2
+    assert value(table, "msk_cds_auth_failures_total", reason="replayed_jti") == 0
+    assert value(table, "msk_cds_auth_failures_total", reason="audience_mismatch") == 0
     # refused calls are timed too (the timer runs before authentication)
     assert value(table, "msk_cds_request_duration_seconds_count",
-                 service="discovery", endpoint="discovery", status="401") == 2
+                 service="discovery", endpoint="discovery", status="401") == 3
 
 
 def test_metrics_can_be_switched_off(tmp_path):
@@ -93,7 +98,7 @@ def test_free_text_labels_are_bounded(open_app):
         metrics.observe_fhir_fetch("Patient/123", 0.01, error="timeout")
         metrics.count_cards(SERVICE, [{"indicator": "hard-stop"}, {"indicator": "info"}, "not-a-card"])
     table = samples(open_app.test_client())
-    assert value(table, "msk_cds_auth_failures_total", reason="other") == 1
+    assert value(table, "msk_cds_auth_failures_total", reason="rejected") == 1
     assert value(table, "msk_cds_fhir_fetch_errors_total", resource="other", kind="timeout") == 1
     assert value(table, "msk_cds_cards_returned_total", service=SERVICE, indicator="other") == 2
     assert value(table, "msk_cds_cards_returned_total", service=SERVICE, indicator="info") == 1

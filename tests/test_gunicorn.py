@@ -24,6 +24,7 @@ SERVICE = "msk-imaging-patient-view"
 CALLS_EACH = 24
 CLIENTS = 6
 START_TIMEOUT = 40
+METRICS_TOKEN = "gunicorn-test-metrics-token"
 
 
 def free_port() -> int:
@@ -60,6 +61,9 @@ def server(tmp_path):
     env = {
         **os.environ,
         "AUTH_DISABLED": "true",
+        # production refuses to start without these (issue 12): the allowlist opt-out and the metrics token
+        "FHIR_SERVER_ALLOW_ANY": "true",
+        "METRICS_TOKEN": METRICS_TOKEN,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'gunicorn.sqlite3'}",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "LOG_LEVEL": "WARNING",
@@ -99,7 +103,7 @@ def server(tmp_path):
 
 
 def request_counts(base: str) -> dict[tuple[str, str, str], float]:
-    response = requests.get(f"{base}/metrics", timeout=10)
+    response = requests.get(f"{base}/metrics", timeout=10, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     counts: dict[tuple[str, str, str], float] = {}

@@ -2,6 +2,7 @@
 plus the facts of each imaging report. Codes first, report text second; every finding carries its evidence."""
 from __future__ import annotations
 
+from hooks.budget import current as current_budget, newest_first
 from hooks.findings.catalogue import Concept, ConceptCatalogue, concept_catalogue
 from hooks.findings.coded import findings_from_condition
 from hooks.findings.nlp import findings_from_text
@@ -31,8 +32,14 @@ def extract_findings(record: PatientRecord) -> FindingSet:
     """All findings of a record: each DiagnosticReport (coded, then text) and each Condition."""
     findings: list[Finding] = []
     reports: list[ReportFacts] = []
-    for report in record.diagnostic_reports:
-        report_findings, facts = findings_from_report(report)
+    all_reports = record.diagnostic_reports
+    # issue 12: the call's work budget (hooks.budget) admits reports newest first; the rest is named on an info card
+    budget = current_budget()
+    order = newest_first(all_reports) if budget is not None else range(len(all_reports))
+    read = {i: findings_from_report(all_reports[i]) for i in order
+            if budget is None or budget.admit_report(all_reports[i])}
+    for index in sorted(read):
+        report_findings, facts = read[index]
         findings.extend(report_findings)
         reports.append(facts)
     for condition in record.conditions:
