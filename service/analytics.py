@@ -170,7 +170,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         since = as_instant(args.since) if args.since else None
     except ValueError:
-        print("analytics: --since must be an ISO date or date-time", file=sys.stderr)
+        print("msk-cds analytics: error: --since must be an ISO date or date-time", file=sys.stderr)
         return 2
     url = args.database_url or load_settings()["DATABASE_URL"]
     engine = create_engine(storage.normalise_url(url))

@@ -5,6 +5,7 @@ for those who run gunicorn by hand. Every value can be overridden on gunicorn's 
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import glob
 import os
@@ -12,6 +13,11 @@ import shutil
 import tempfile
 
 from service.production import WSGI_APP, default_workers, request_timeout
+
+
+def _remove_if_master(path: str, master_pid: int) -> None:
+    if os.getpid() == master_pid:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _prepare_multiprocess_dir() -> str:
@@ -22,6 +28,9 @@ def _prepare_multiprocess_dir() -> str:
         path = tempfile.mkdtemp(prefix="msk-cds-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
         os.environ["_MSK_CDS_METRICS_DIR_TEMPORARY"] = path      # ours to remove in on_exit
+        # on_exit runs only after a clean start; a failed bind or app load ends the master with sys.exit, so the
+        # directory is also removed at exit of this (master) process. Forked workers inherit the hook: pid check.
+        atexit.register(_remove_if_master, path, os.getpid())
     elif os.environ.get("_MSK_CDS_METRICS_DIR_OWNER") != str(os.getpid()):
         os.makedirs(path, exist_ok=True)
         for stale in glob.glob(os.path.join(path, "*.db")):
