@@ -46,6 +46,8 @@ class Finding:
     site: str | None = None                      # site id: si_joint, hip, femoral_head, labrum, vertebra, foot ...
     depth_mm: float | None = None                # edema depth from the articular surface, when measured
     measurements: Mapping[str, float] = field(default_factory=dict)   # other numbers (alpha_angle_deg, height_loss_pct)
+    section: str | None = None                   # report section role: findings, impression, addendum, reason ...
+    study_date: str | None = None                # the date of the report's study (ISO), when known
 
     @property
     def active(self) -> bool:

@@ -22,7 +22,7 @@ def _anything_to_act_on(findings: FindingSet) -> bool:
 def _findings(request: HookRequest) -> FindingSet:
     from hooks.findings import extract_findings   # imported here: findings load their NLP pipeline on first use
 
-    return extract_findings(request.record)
+    return extract_findings(request.record, request.now)
 
 
 def _context(request: HookRequest, intent: str) -> CardContext:

@@ -2,9 +2,13 @@
 plus the facts of each imaging report. Codes first, report text second; every finding carries its evidence."""
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import replace
+
 from hooks.budget import current as current_budget, newest_first
 from hooks.findings.catalogue import Concept, ConceptCatalogue, concept_catalogue
 from hooks.findings.coded import findings_from_condition
+from hooks.findings.currency import ReportTime, current_references
 from hooks.findings.nlp import findings_from_text
 from hooks.findings.report import findings_from_report
 from hooks.model import Finding, FindingSet, ReportFacts
@@ -28,19 +32,27 @@ WARM_UP_REPORT = (
 )
 
 
-def extract_findings(record: PatientRecord) -> FindingSet:
-    """All findings of a record: each DiagnosticReport (coded, then text) and each Condition."""
-    findings: list[Finding] = []
-    reports: list[ReportFacts] = []
+def extract_findings(record: PatientRecord, now: dt.datetime | None = None) -> FindingSet:
+    """All findings of a record: each DiagnosticReport (coded, then text) and each Condition. For each body region
+    the newest final report is current; the findings of older reports (and of reports older than the knowledge's
+    window before `now`) are history."""
     all_reports = record.diagnostic_reports
     # issue 12: the call's work budget (hooks.budget) admits reports newest first; the rest is named on an info card
     budget = current_budget()
     order = newest_first(all_reports) if budget is not None else range(len(all_reports))
     read = {i: findings_from_report(all_reports[i]) for i in order
             if budget is None or budget.admit_report(all_reports[i])}
-    for index in sorted(read):
-        report_findings, facts = read[index]
-        findings.extend(report_findings)
+    per_report = [read[index] for index in sorted(read)]
+    times = [ReportTime(facts.reference, facts.region, facts.modality, getattr(all_reports[index], "status", None),
+                        facts.issued) for index in sorted(read) for facts in (read[index][1],)]
+    current = current_references(times, now)
+    findings: list[Finding] = []
+    reports: list[ReportFacts] = []
+    for report_findings, facts in per_report:
+        if facts.reference in current:
+            findings.extend(report_findings)
+        else:
+            findings.extend(f if f.historical else replace(f, historical=True) for f in report_findings)
         reports.append(facts)
     for condition in record.conditions:
         findings.extend(findings_from_condition(condition))

@@ -9,12 +9,14 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Iterator
 
 
 from hooks.findings.catalogue import compiled
 from hooks.findings.coded import coded_findings
 from hooks.findings.nlp import findings_from_text
+from hooks.findings.sections import rank, reading, split_sections
 from hooks.fhirutil import codings, concept_text, reference_of
 from hooks.model import Finding, ReportFacts
 
@@ -114,16 +116,52 @@ def _extract(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
     findings: list[Finding] = []
     for index, concept in enumerate(getattr(report, "conclusionCode", None) or ()):
         findings.extend(coded_findings(concept, reference, f"conclusionCode[{index}]"))
+    study_date = facts.issued[:10] if facts.issued else None
+    findings = [replace(f, study_date=study_date) for f in findings]
     seen: set[tuple] = set()
     for element, text in texts:
-        for finding in findings_from_text(text, reference, element, facts.region):
-            # The conclusion usually repeats the impression of the attached report: one finding per sentence.
-            key = (finding.concept, finding.certainty, finding.historical, finding.laterality, finding.severity,
-                   finding.site, finding.depth_mm, tuple(sorted(finding.measurements.items())), finding.source.text)
-            if key not in seen:
-                seen.add(key)
-                findings.append(finding)
-    return tuple(findings), facts
+        default_role = "headingless_conclusion" if element == "conclusion" else "headingless"
+        for section in split_sections(text, default_role):
+            chunk = text[section.start:section.end]
+            for finding in findings_from_text(chunk, reference, element, facts.region):
+                read = reading(section.role, finding.certainty)
+                if read == "drop":
+                    continue        # a question in the indication, a sequence name in the technique
+                finding = replace(finding, section=section.role, study_date=study_date,
+                                  historical=finding.historical or read == "historical")
+                # The conclusion usually repeats the impression of the attached report: one finding per sentence.
+                key = (finding.concept, finding.certainty, finding.historical, finding.laterality, finding.severity,
+                       finding.site, finding.depth_mm, tuple(sorted(finding.measurements.items())),
+                       finding.source.text)
+                if key not in seen:
+                    seen.add(key)
+                    findings.append(finding)
+    return tuple(reconcile_sections(findings)), facts
+
+
+def _compatible(a: Finding, b: Finding) -> bool:
+    """Two mentions may speak of the same lesion: same concept, side and site agree or one is not given."""
+    if a.concept != b.concept:
+        return False
+    if a.laterality and b.laterality and a.laterality != b.laterality and "bilateral" not in (a.laterality,
+                                                                                              b.laterality):
+        return False
+    return not (a.site and b.site and a.site != b.site)
+
+
+def reconcile_sections(findings: list[Finding]) -> list[Finding]:
+    """Where current mentions of one finding disagree (affirmed / uncertain / negated), the section of the highest
+    rank decides: the impression over the findings, an addendum over what it amends. History is left alone."""
+    current = [f for f in findings if not f.historical]
+    out = []
+    for finding in findings:
+        if not finding.historical:
+            own = rank(finding.section)
+            if any(other.certainty != finding.certainty and rank(other.section) > own and _compatible(other, finding)
+                   for other in current):
+                continue
+        out.append(finding)
+    return out
 
 
 class _ReportCache:

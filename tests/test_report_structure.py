@@ -1,0 +1,177 @@
+"""Whole reports as hospitals write them: sections (indication/history, technique, comparison, findings, impression,
+addendum) and time (the newest report of a region decides; old reports are history). Each class below gave a false
+current finding (and a false card) before reports were split into sections and dated."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from hooks.cards.build import patient_view_cards
+from hooks.findings import extract_findings
+from hooks.findings.sections import split_sections
+from hooks.record import PatientRecord
+from hooks.registry import HookRequest
+
+NOW = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.timezone.utc)
+LOINC = "http://loinc.org"
+MR_SI, MR_HIP_R, MR_FOOT_L, MR_PELVIS = "36031-3", "36022-2", "36350-7", "30657-1"
+
+
+def day(days_ago: float) -> str:
+    return (NOW - dt.timedelta(days=days_ago)).date().isoformat()
+
+
+def report(rid: str, text: str, loinc: str = MR_SI, days_ago: float = 3, status: str = "final",
+           element: str = "conclusion") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": rid, "status": status,
+                                "subject": {"reference": "Patient/p1"},
+                                "code": {"coding": [{"system": LOINC, "code": loinc}]},
+                                "effectiveDateTime": day(days_ago)}
+    resource[element] = text
+    return resource
+
+
+def record_of(*reports: dict[str, Any]) -> PatientRecord:
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in reports]}
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1985-01-01"}
+    return PatientRecord.from_prefetch({"patient": patient, "reports": bundle,
+                                        "conditions": {"resourceType": "Bundle", "type": "searchset"}})
+
+
+def current(rec: PatientRecord) -> set[str]:
+    return {f.concept for f in extract_findings(rec, NOW).findings if f.active or (
+        f.certainty == "uncertain" and not f.historical)}
+
+
+def cards(rec: PatientRecord) -> list[dict[str, Any]]:
+    request = HookRequest("msk-imaging-patient-view", "patient-view", "hook-1", {"patientId": "p1"}, rec, NOW)
+    return [c if isinstance(c, dict) else c.to_json() for c in patient_view_cards(request).cards]
+
+
+NORMAL_SI_WITH_QUESTION = """MRI SACROILIAC JOINTS WITHOUT CONTRAST
+CLINICAL INDICATION: 29M, 6 months of inflammatory back pain. ?sacroiliitis ?axial spondyloarthritis.
+TECHNIQUE: Coronal oblique T1 and STIR sequences.
+COMPARISON: None.
+FINDINGS: The sacroiliac joints are normal in width and outline. No subchondral bone marrow oedema. No erosions,
+sclerosis, fat metaplasia or ankylosis. Normal marrow signal in the lumbar spine and pelvis.
+IMPRESSION: Normal MRI of the sacroiliac joints. No evidence of sacroiliitis."""
+
+HIP_QUESTIONS_EXCLUDED = """Exam: MRI RIGHT HIP
+Reason for exam: 54F runner, right groin pain. ?AVN ?stress fracture
+Technique: multiplanar PD fat-sat, T1 and STIR.
+Findings: Normal femoral head contour and marrow signal. No subchondral fracture line. No osteonecrosis.
+No bone marrow oedema. Labrum intact. Small joint effusion.
+Impression: No avascular necrosis or stress fracture. Small effusion."""
+
+FOOT_WITH_OLD_AMPUTATION = """mri left foot
+history
+Diabetic. Amputation of the left 2nd toe for osteomyelitis 7 years ago. Now swelling of the forefoot.
+technique
+T1, STIR and post-contrast T1 fat-saturated sequences.
+findings
+Post-surgical changes at the 2nd ray amputation site. Normal marrow signal in the remaining metatarsals and
+phalanges. No cortical destruction. No abscess or sinus tract. Mild subcutaneous oedema of the dorsum.
+impression
+No MRI evidence of osteomyelitis."""
+
+
+def test_a_question_in_the_indication_is_no_finding_and_gives_no_card() -> None:
+    rec = record_of(report("si", NORMAL_SI_WITH_QUESTION))
+    assert not current(rec) & {"active_sacroiliitis", "si_joint_synovitis", "bone_marrow_edema"}
+    assert cards(rec) == []
+
+
+def test_questions_the_findings_exclude_give_no_osteonecrosis_or_fracture() -> None:
+    rec = record_of(report("hip", HIP_QUESTIONS_EXCLUDED, MR_HIP_R, element="conclusion"))
+    found = current(rec)
+    assert "osteonecrosis" not in found and "subchondral_insufficiency_fracture" not in found
+    assert "joint_effusion" in found
+    assert not any(c.get("indicator") in ("warning", "critical") for c in cards(rec))
+
+
+def test_a_past_event_in_the_history_is_history_not_a_current_finding() -> None:
+    rec = record_of(report("foot", FOOT_WITH_OLD_AMPUTATION, MR_FOOT_L))
+    findings = [f for f in extract_findings(rec, NOW).findings if f.concept == "osteomyelitis"]
+    assert not any(f.active for f in findings)
+    assert any(f.historical and f.section == "reason" for f in findings)       # a historical fact, kept as such
+    assert not any(c.get("indicator") == "critical" for c in cards(rec))
+
+
+def test_comparison_statements_are_about_prior_studies() -> None:
+    text = ("Comparison: MRI 14 months ago showed bone marrow oedema of the left ilium and active sacroiliitis.\n"
+            "Findings: Resolution of the previously seen marrow oedema. No synovitis. Small erosions of the left "
+            "iliac surface, unchanged.\nImpression: No active sacroiliitis. Stable structural change.")
+    rec = record_of(report("si", text))
+    found = current(rec)
+    assert "bone_marrow_edema" not in found and "active_sacroiliitis" not in found
+    assert "erosion" in found
+    assert any(f.concept == "active_sacroiliitis" and f.historical for f in extract_findings(rec, NOW).findings)
+
+
+def test_the_impression_wins_over_the_findings_where_they_disagree() -> None:
+    text = ("FINDINGS: Subtle increased STIR signal in the right ilium, possibly bone marrow oedema.\n"
+            "IMPRESSION: No bone marrow oedema; the signal is partial volume of the iliac vessels.")
+    rec = record_of(report("si", text))
+    bme = [f for f in extract_findings(rec, NOW).findings if f.concept == "bone_marrow_edema"]
+    assert bme and all(f.certainty == "negated" for f in bme)
+
+
+def test_an_addendum_wins_over_what_it_amends() -> None:
+    text = ("FINDINGS: Subchondral bone marrow oedema of the left ilium.\n"
+            "IMPRESSION: Active sacroiliitis, left.\n"
+            "ADDENDUM: On review with the prior radiographs there is no active sacroiliitis; the oedema is "
+            "mechanical, related to the adjacent insufficiency change.")
+    rec = record_of(report("si", text))
+    sacroiliitis = [f for f in extract_findings(rec, NOW).findings if f.concept == "active_sacroiliitis"]
+    assert sacroiliitis and all(f.certainty == "negated" for f in sacroiliitis)
+
+
+@pytest.mark.parametrize("text, roles", [
+    ("INDICATION: back pain\nFINDINGS: normal", ["reason", "findings"]),
+    ("Indication - back pain\nFindings - normal", ["reason", "findings"]),
+    ("clinical history\nback pain\nfindings\nnormal\nimpression\nnormal", ["reason", "findings", "impression"]),
+    ("CLINICAL HISTORY 45M back pain\nFINDINGS Normal joints.", ["reason", "findings"]),
+    ("Indication: ?AVN. Findings: normal. Impression: normal.", ["reason", "findings", "impression"]),
+    ("MRI PELVIS\nFINDINGS: normal.\nADDENDUM 1: discussed.", ["header", "findings", "addendum"]),
+    ("The findings are normal. These findings: nothing else.", ["headingless"]),
+    ("NO EROSIONS.\nFINDINGS ARE CONSISTENT WITH A NORMAL STUDY.", ["headingless"]),
+    ("Mild synovitis of the left SI joint.", ["headingless"]),
+    ("Mild oedema of the ilium.\nIMPRESSION: sacroiliitis.", ["headingless", "impression"]),
+])
+def test_headings_with_and_without_colons_in_any_case(text: str, roles: list[str]) -> None:
+    assert [s.role for s in split_sections(text)] == roles
+
+
+def test_the_newest_report_of_a_region_decides_and_older_reports_are_history() -> None:
+    old = report("si-old", "Active sacroiliitis with bone marrow oedema of the left ilium.", days_ago=200)
+    new = report("si-new", "Resolution of the previously seen inflammation. The sacroiliac joints are normal.",
+                 days_ago=10)
+    rec = record_of(old, new)
+    result = extract_findings(rec, NOW)
+    assert not result.active("active_sacroiliitis") and not result.active("bone_marrow_edema")
+    old_findings = [f for f in result.findings if f.source.reference == "DiagnosticReport/si-old"]
+    assert old_findings and all(f.historical and f.study_date == day(200) for f in old_findings)
+    assert cards(rec) == []
+
+
+def test_a_newer_preliminary_report_does_not_replace_the_final_one() -> None:
+    final = report("si-final", "Active sacroiliitis with bone marrow oedema of the left ilium.", days_ago=20)
+    prelim = report("si-prelim", "Sacroiliac joints: awaiting full review.", days_ago=2, status="preliminary")
+    assert extract_findings(record_of(final, prelim), NOW).active("active_sacroiliitis")
+
+
+def test_reports_of_other_regions_stay_current() -> None:
+    si = report("si", "Active sacroiliitis, left.", days_ago=90)
+    hip = report("hip", "Small right hip joint effusion.", MR_HIP_R, days_ago=5)
+    result = extract_findings(record_of(si, hip), NOW)
+    assert result.active("active_sacroiliitis") and result.active("joint_effusion")
+
+
+def test_a_report_older_than_the_window_starts_no_pathway() -> None:
+    rec = record_of(report("si", "Active sacroiliitis with bone marrow oedema of the left ilium.", days_ago=900))
+    result = extract_findings(rec, NOW)
+    assert not result.active("active_sacroiliitis")
+    assert any(f.historical for f in result.findings if f.concept == "active_sacroiliitis")
+    assert cards(rec) == []
