@@ -66,6 +66,8 @@ class ReportFacts:
     t1_sequence: bool = False                    # a T1-weighted sequence is mentioned
     fluid_sensitive_sequence: bool = False       # STIR or T2 (fat-suppressed) is mentioned
     issued: str | None = None                    # effectiveDateTime or issued, ISO string
+    status: str | None = None                    # final, amended, preliminary ... (DocumentReference: docStatus)
+    unread_attachments: tuple[str, ...] = ()     # attachments not read: their media type (PDF, image) or "url-only"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ PREFETCH = {
     "patient": f"Patient/{PATIENT}",
     "conditions": f"Condition?patient={PATIENT}",
     "reports": f"DiagnosticReport?patient={PATIENT}",
+    # Radiology narratives some EHRs send as documents (US Core clinical notes, "Diagnostic imaging study").
+    "imagingNotes": f"DocumentReference?patient={PATIENT}&type=http://loinc.org|18748-4",
     "medicationRequests": f"MedicationRequest?patient={PATIENT}",
     "medicationStatements": f"MedicationStatement?patient={PATIENT}",
     "observations": _observation_query(),

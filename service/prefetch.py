@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from flask import current_app
 
 from hooks.registry import CdsServiceDefinition
-from service import fhirfetch, metrics
+from service import fhirfetch, metrics, report_binaries
 from service.errors import CdsError, Issue
 from service.fhirurl import UnsafeUrl, canonical_base_url, is_below
 from service.hookcall import HookCall
@@ -84,6 +84,16 @@ def resolve(definition: CdsServiceDefinition, call: HookCall) -> ResolvedPrefetc
     else:
         unavailable.update(fetchable)
 
+    if call.fhir_server and report_binaries.has_url_only_reports(data) and fhir_server_allowed(call.fhir_server,
+                                                                                                  config):
+        # issue13: report attachments given by url only (Binary), under the same deadline and token rules.
+        data = report_binaries.inline_report_binaries(data, fhirfetch.FhirClient(
+            base_url=call.fhir_server,
+            access_token=call.fhir_authorization.access_token if call.fhir_authorization else None,
+            deadline=deadline,
+            max_pages=1,
+            max_response_bytes=int(config["FHIR_MAX_RESPONSE_BYTES"]),
+        ), int(config["FHIR_FETCH_WORKERS"]))
     metrics.count_prefetch(definition.id, provided=provided, fetched=fetched, unavailable=len(unavailable))
     lacking = sorted(definition.required_prefetch & unavailable)
     if lacking:

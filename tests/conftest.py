@@ -20,7 +20,7 @@ SERVICE_OF_HOOK = {
     "order-select": "msk-imaging-order-select",
     "order-sign": "msk-imaging-order-sign",
 }
-PREFETCH_KEYS = ("patient", "conditions", "reports", "medicationRequests", "medicationStatements",
+PREFETCH_KEYS = ("patient", "conditions", "reports", "imagingNotes", "medicationRequests", "medicationStatements",
                  "observations", "allergies")
 
 
@@ -109,7 +109,8 @@ class FhirServer:
     def serve_everything(self, patient_id: str = PATIENT_ID) -> None:
         """Every prefetch query answered: the patient and empty searchsets."""
         self.read(patient(patient_id))
-        for resource_type in ("Condition", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
+        for resource_type in ("Condition", "DiagnosticReport", "DocumentReference", "MedicationRequest",
+                              "MedicationStatement",
                               "Observation", "AllergyIntolerance"):
             self.search(resource_type)
 

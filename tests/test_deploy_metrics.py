@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from conftest import PREFETCH_KEYS
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,8 +57,8 @@ def test_calls_are_counted_by_service_endpoint_and_status(open_app):
     assert not any("no-such-service" in str(labels) for _, labels in table)
     assert value(table, count, service=SERVICE, endpoint="feedback", status="200") == 1
     assert value(table, "msk_cds_feedback_items_total", service=SERVICE, outcome="accepted") == 1
-    # the complete prefetch of the request came with it: 7 keys provided, none fetched
-    assert value(table, "msk_cds_prefetch_keys_total", service=SERVICE, source="provided") == 7
+    # the complete prefetch of the request came with it: every key provided, none fetched
+    assert value(table, "msk_cds_prefetch_keys_total", service=SERVICE, source="provided") == len(PREFETCH_KEYS)
     assert value(table, "msk_cds_prefetch_keys_total", service=SERVICE, source="fetched") == 0
     # operations routes are not CDS Hooks calls
     assert sum(v for (name, _), v in table.items() if name == count) == 5

@@ -245,12 +245,14 @@ def test_presented_form_charset_is_respected() -> None:
 def test_other_attachment_types_are_ignored() -> None:
     findings, facts = findings_from_report(report(presentedForm=[
         {"contentType": "application/pdf", "data": b64("%PDF-1.4 bone marrow edema")},
-        {"contentType": "text/html", "data": b64("<p>Bone marrow edema</p>")},
+        {"contentType": "image/png", "data": b64("Bone marrow edema")},
         {"contentType": "text/plain"},                                   # no data
         {"contentType": "text/plain", "url": "https://ehr.example.org/Binary/1"},
     ]))
     assert findings == ()
     assert facts.modality == "MR"
+    # named for the log (HTML and RTF are read: tests/test_report_formats.py)
+    assert facts.unread_attachments == ("application/pdf", "image/png", "no-data", "url-only")
 
 
 def test_bad_base64_is_ignored_safely() -> None:

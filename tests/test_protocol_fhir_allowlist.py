@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.config import ConfigError, load_settings
-from conftest import FHIR_BASE
+from conftest import FHIR_BASE, PREFETCH_KEYS
 
 
 def test_listed_server_is_read(app_factory, cds_request, fhir_server):
@@ -14,7 +14,7 @@ def test_listed_server_is_read(app_factory, cds_request, fhir_server):
     response = client.post("/cds-services/msk-imaging-patient-view",
                            json=cds_request(prefetch=None, fhir_server=FHIR_BASE, access_token="tok-allowed"))
     assert response.status_code == 200
-    assert len(fhir_server.calls) == 7
+    assert len(fhir_server.calls) == len(PREFETCH_KEYS)
 
 
 def test_unlisted_server_is_never_contacted_and_missing_required_data_is_412(app_factory, cds_request, fhir_server):

@@ -9,7 +9,7 @@ import logging
 import pytest
 import responses
 
-from conftest import FHIR_BASE, PATIENT_ID, FhirServer
+from conftest import FHIR_BASE, FhirServer, PATIENT_ID, PREFETCH_KEYS
 from service.config import ConfigError, load_settings
 
 PV = "/cds-services/msk-imaging-patient-view"
@@ -66,7 +66,7 @@ def test_http_fhir_server_without_token_is_read(client, cds_request, http_fhir_s
     http_fhir_server.serve_everything()
     response = client.post(PV, json=cds_request(prefetch=None, fhir_server=HTTP_BASE))
     assert response.status_code == 200, response.data
-    assert len(http_fhir_server.calls) == 7
+    assert len(http_fhir_server.calls) == len(PREFETCH_KEYS)
     assert all("Authorization" not in call.request.headers for call in http_fhir_server.calls)
 
 
@@ -76,7 +76,7 @@ def test_setting_allows_http_with_token_and_logs_one_warning(app_factory, cds_re
     caplog.set_level(logging.WARNING, logger="service.hookcall")
     response = client.post(PV, json=cds_request(prefetch=None, fhir_server=HTTP_BASE, access_token=TOKEN))
     assert response.status_code == 200, response.data
-    assert len(http_fhir_server.calls) == 7
+    assert len(http_fhir_server.calls) == len(PREFETCH_KEYS)
     assert http_fhir_server.calls[0].request.headers["Authorization"] == f"Bearer {TOKEN}"
     warnings = [r for r in caplog.records if r.name == "service.hookcall" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -98,7 +98,7 @@ def test_https_fhir_server_with_token_is_read_with_the_token(client, cds_request
     fhir_server.serve_everything()
     response = client.post(PV, json=cds_request(prefetch=None, fhir_server=FHIR_BASE, access_token=TOKEN))
     assert response.status_code == 200, response.data
-    assert len(fhir_server.calls) == 7
+    assert len(fhir_server.calls) == len(PREFETCH_KEYS)
     assert all(call.request.headers["Authorization"] == f"Bearer {TOKEN}" for call in fhir_server.calls)
 
 
@@ -119,7 +119,7 @@ def test_patient_matching_context_is_read(client, cds_request, fhir_server):
     body = _with_patient(cds_request(prefetch=None, fhir_server=FHIR_BASE, access_token=TOKEN), PATIENT_ID)
     response = client.post(PV, json=body)
     assert response.status_code == 200, response.data
-    assert len(fhir_server.calls) == 7
+    assert len(fhir_server.calls) == len(PREFETCH_KEYS)
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])

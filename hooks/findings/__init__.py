@@ -3,16 +3,25 @@ plus the facts of each imaging report. Codes first, report text second; every fi
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections import Counter
 from dataclasses import replace
+from typing import Any, Iterator
 
 from hooks.budget import current as current_budget, newest_first
 from hooks.findings.catalogue import Concept, ConceptCatalogue, concept_catalogue
+from hooks.findings.catalogue import compiled
 from hooks.findings.coded import findings_from_condition
 from hooks.findings.currency import ReportTime, current_references
 from hooks.findings.nlp import findings_from_text
 from hooks.findings.report import findings_from_report
+from hooks.findings.sections import report_structure
+from hooks.fhirutil import codings
 from hooks.model import Finding, FindingSet, ReportFacts
 from hooks.record import PatientRecord
+
+logger = logging.getLogger(__name__)
+LOINC = "http://loinc.org"
 
 __all__ = [
     "Concept",
@@ -32,19 +41,36 @@ WARM_UP_REPORT = (
 )
 
 
+def radiology_documents(record: PatientRecord) -> Iterator[Any]:
+    """The record's DocumentReferences that are imaging report narratives (type or category of the knowledge's
+    `document_references`, or an imaging report code)."""
+    kinds = report_structure().document_references.codes()
+    report_codes = compiled().report_codes
+    for document in record.of_type("DocumentReference"):
+        type_codes = set(codings(getattr(document, "type", None)))
+        categories = set(codings(list(getattr(document, "category", None) or ())))
+        if (type_codes | categories) & kinds or any(system == LOINC and code in report_codes
+                                                   for system, code in type_codes):
+            yield document
+
+
 def extract_findings(record: PatientRecord, now: dt.datetime | None = None) -> FindingSet:
-    """All findings of a record: each DiagnosticReport (coded, then text) and each Condition. For each body region
-    the newest final report is current; the findings of older reports (and of reports older than the knowledge's
-    window before `now`) are history."""
-    all_reports = record.diagnostic_reports
+    """All findings of a record: each imaging report (DiagnosticReport, or a DocumentReference radiology narrative;
+    coded, then text) and each Condition. For each body region the newest final report is current; the findings of
+    older reports (and of reports older than the knowledge's window before `now`) are history."""
+    all_reports = (*record.diagnostic_reports, *radiology_documents(record))
     # issue 12: the call's work budget (hooks.budget) admits reports newest first; the rest is named on an info card
     budget = current_budget()
     order = newest_first(all_reports) if budget is not None else range(len(all_reports))
     read = {i: findings_from_report(all_reports[i]) for i in order
             if budget is None or budget.admit_report(all_reports[i])}
     per_report = [read[index] for index in sorted(read)]
-    times = [ReportTime(facts.reference, facts.region, facts.modality, getattr(all_reports[index], "status", None),
-                        facts.issued) for index in sorted(read) for facts in (read[index][1],)]
+    times = [ReportTime(facts.reference, facts.region, facts.modality, facts.status, facts.issued)
+             for _, facts in per_report]
+    unread: Counter[str] = Counter(what for _, facts in per_report for what in facts.unread_attachments)
+    if unread:
+        # Media types and counts only (no content): an integrator sees which report forms we could not read.
+        logger.info("report_attachments_not_read", extra={"attachments_not_read": dict(unread)})
     current = current_references(times, now)
     findings: list[Finding] = []
     reports: list[ReportFacts] = []

@@ -1,10 +1,7 @@
-"""One DiagnosticReport -> its findings (coded conclusion first, then text) and its facts (modality, region,
+"""One imaging report (DiagnosticReport, or a DocumentReference radiology narrative) -> its findings (coded conclusion first, then text) and its facts (modality, region,
 MRI sequences), cached by report content so the same report arriving again costs a dictionary lookup."""
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import hashlib
 import threading
 import weakref
@@ -15,6 +12,7 @@ from typing import Any, Iterator
 
 from hooks.findings.catalogue import compiled
 from hooks.findings.coded import coded_findings
+from hooks.findings.formats import attachment_text
 from hooks.findings.nlp import findings_from_text
 from hooks.findings.sections import rank, reading, split_sections
 from hooks.fhirutil import codings, concept_text, reference_of
@@ -26,46 +24,58 @@ VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})
 
 
 def _attachment_text(attachment: Any, max_chars: int) -> str | None:
-    """The text of a text/plain attachment (any charset), or None for other types and undecodable data."""
-    content_type = getattr(attachment, "contentType", None)
-    if not isinstance(content_type, str):
-        return None
-    media, _, params = content_type.partition(";")
-    if media.strip().lower() != "text/plain":
-        return None
-    charset = "utf-8"
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"').lower()
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "utf-8"
-    data = getattr(attachment, "data", None)
-    if data is None:
-        return None
-    if isinstance(data, str):          # models normally hold decoded bytes; raw strings are decoded here
-        try:
-            data = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    if not isinstance(data, (bytes, bytearray)):
-        return None
-    # Bound the bytes before decoding (4 bytes per char covers any UTF-8 text of max_chars characters).
-    return bytes(data[: max_chars * 4]).decode(charset, errors="replace")[:max_chars]
+    """The text of a readable attachment (plain, HTML, RTF), or None."""
+    return attachment_text(attachment, max_chars)[0]
 
 
-def report_texts(report: Any) -> Iterator[tuple[str, str]]:
-    """(element, text) of the report's readable text: conclusion, then text/plain presentedForm attachments."""
+def _attachments(resource: Any) -> list[tuple[str, Any]]:
+    """(element, attachment) of a DiagnosticReport's presentedForm or a DocumentReference's content."""
+    if resource.get_resource_type() == "DocumentReference":
+        return [(f"content[{i}]", getattr(c, "attachment", None)) for i, c in enumerate(getattr(resource, "content",
+                                                                                                   None) or ())]
+    return [(f"presentedForm[{i}]", a) for i, a in enumerate(getattr(resource, "presentedForm", None) or ())]
+
+
+def report_texts(report: Any, unread: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(element, text) of the report's readable text: conclusion, then its text/plain, HTML and RTF attachments
+    (presentedForm; content of a DocumentReference). What cannot be read is named in `unread`."""
     max_chars = compiled().nlp.limits.max_chars
-    conclusion = getattr(report, "conclusion", None)
+    conclusion = getattr(report, "conclusion", None) if report.get_resource_type() == "DiagnosticReport" else None
     if isinstance(conclusion, str) and conclusion.strip():
         yield "conclusion", conclusion[:max_chars]
-    for index, attachment in enumerate(getattr(report, "presentedForm", None) or ()):
-        text = _attachment_text(attachment, max_chars)
+    for element, attachment in _attachments(report):
+        if attachment is None:
+            continue
+        text, what = attachment_text(attachment, max_chars)
         if text and text.strip():
-            yield f"presentedForm[{index}]", text
+            yield element, text
+        elif what is not None and unread is not None:
+            unread.append(what)
+
+
+def report_code(report: Any) -> Any:
+    return getattr(report, "type" if report.get_resource_type() == "DocumentReference" else "code", None)
+
+
+def report_status(report: Any) -> str | None:
+    """The report's status as a DiagnosticReport status (a DocumentReference's docStatus, entered-in-error kept)."""
+    if report.get_resource_type() == "DocumentReference":
+        status = getattr(report, "status", None)
+        if status == "entered-in-error":
+            return status
+        return getattr(report, "docStatus", None) or ("final" if status == "current" else status)
+    return getattr(report, "status", None)
+
+
+def report_date(report: Any) -> Any:
+    """When the study was done: effective (DiagnosticReport) or the context period (DocumentReference), else the
+    issue/creation date."""
+    if report.get_resource_type() == "DocumentReference":
+        period = getattr(getattr(report, "context", None), "period", None)
+        return getattr(period, "start", None) or getattr(period, "end", None) or getattr(report, "date", None)
+    return (getattr(report, "effectiveDateTime", None) or getattr(getattr(report, "effectivePeriod", None),
+                                                                    "start", None)
+            or getattr(report, "issued", None))
 
 
 def _first_match(patterns: Any, text: str) -> str | None:
@@ -75,27 +85,28 @@ def _first_match(patterns: Any, text: str) -> str | None:
     return None
 
 
-def report_facts(report: Any, texts: list[str]) -> ReportFacts:
+def report_facts(report: Any, texts: list[str], unread: tuple[str, ...] = ()) -> ReportFacts:
     """Modality and region (LOINC code, else category codes, else words) and which MRI sequences are mentioned."""
     rules = compiled()
-    loinc = next((code for system, code in codings(getattr(report, "code", None)) if system == LOINC and code), None)
+    code = report_code(report)
+    loinc = next((c for system, c in codings(code) if system == LOINC and c), None)
     known = rules.report_codes.get(loinc) if loinc else None
     modality = known.modality if known else None
     region = known.region if known else None
     if modality is None:
-        for _, code in codings([*(getattr(report, "category", None) or ()), getattr(report, "code", None)]):
-            if code and code.upper() in rules.nlp.category_codes:
-                modality = rules.nlp.category_codes[code.upper()]
+        for _, category in codings([*(getattr(report, "category", None) or ()), code]):
+            if category and category.upper() in rules.nlp.category_codes:
+                modality = rules.nlp.category_codes[category.upper()]
                 break
-    title = " ".join(filter(None, (concept_text(getattr(report, "code", None)),
-                                   *(getattr(c, "display", None) for c in
-                                     getattr(getattr(report, "code", None), "coding", None) or ()))))
+    title = " ".join(filter(None, (concept_text(code), getattr(report, "description", None)
+                                   if report.get_resource_type() == "DocumentReference" else None,
+                                   *(getattr(c, "display", None) for c in getattr(code, "coding", None) or ()))))
     body = "\n".join(texts)
     if modality is None:
         modality = _first_match(rules.modality_terms, title) or _first_match(rules.modality_terms, body)
     if region is None:
         region = _first_match(rules.region_terms, title) or _first_match(rules.region_terms, body)
-    effective = getattr(report, "effectiveDateTime", None) or getattr(report, "issued", None)
+    effective = report_date(report)
     return ReportFacts(
         reference=reference_of(report),
         modality=modality,
@@ -104,17 +115,21 @@ def report_facts(report: Any, texts: list[str]) -> ReportFacts:
         t1_sequence=bool(rules.t1.search(body)),
         fluid_sensitive_sequence=bool(rules.fluid_sensitive.search(body)),
         issued=effective.isoformat() if hasattr(effective, "isoformat") else (str(effective) if effective else None),
+        status=report_status(report),
+        unread_attachments=unread,
     )
 
 
 def _extract(report: Any) -> tuple[tuple[Finding, ...], ReportFacts]:
     reference = reference_of(report)
-    texts = list(report_texts(report))
-    facts = report_facts(report, [text for _, text in texts])
-    if getattr(report, "status", None) in VOID_STATUSES:
+    unread: list[str] = []
+    texts = list(report_texts(report, unread))
+    facts = report_facts(report, [text for _, text in texts], tuple(unread))
+    if facts.status in VOID_STATUSES:
         return (), facts
     findings: list[Finding] = []
-    for index, concept in enumerate(getattr(report, "conclusionCode", None) or ()):
+    coded = getattr(report, "conclusionCode", None) if report.get_resource_type() == "DiagnosticReport" else None
+    for index, concept in enumerate(coded or ()):
         findings.extend(coded_findings(concept, reference, f"conclusionCode[{index}]"))
     study_date = facts.issued[:10] if facts.issued else None
     findings = [replace(f, study_date=study_date) for f in findings]
@@ -199,12 +214,17 @@ class _ReportCache:
 REPORT_CACHE = _ReportCache()
 
 
+_REPORT_ELEMENTS = {"id", "meta", "status", "code", "category", "conclusion", "conclusionCode", "presentedForm",
+                    "effectiveDateTime", "effectivePeriod", "issued"}
+_DOCUMENT_ELEMENTS = {"id", "meta", "status", "docStatus", "type", "category", "content", "context", "date",
+                      "description"}
+
+
 def _content_key(report: Any) -> bytes | None:
     """A digest of everything extraction reads (a changed report gets a new key, so nothing stale is served)."""
     try:
-        payload = report.model_dump_json(
-            include={"id", "meta", "status", "code", "category", "conclusion", "conclusionCode", "presentedForm",
-                     "effectiveDateTime", "issued"},
+        payload = report.get_resource_type() + report.model_dump_json(
+            include=_DOCUMENT_ELEMENTS if report.get_resource_type() == "DocumentReference" else _REPORT_ELEMENTS,
             exclude_none=True,
         )
     except (AttributeError, TypeError, ValueError):

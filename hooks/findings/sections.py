@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from hooks.knowledge import StrictModel, load_model
+from hooks.knowledge import Coding, StrictModel, load_model
 
 STRUCTURE_FILE = "report_structure.yaml"
 MAX_SECTIONS = 64               # bound on the work one report text can ask of us
@@ -33,11 +33,20 @@ class Preamble(StrictModel):
     otherwise: str
 
 
+class DocumentKinds(StrictModel):
+    types: tuple[Coding, ...]
+    categories: tuple[Coding, ...]
+
+    def codes(self) -> frozenset[tuple[str, str]]:
+        return frozenset((c.system, c.code) for c in (*self.types, *self.categories))
+
+
 class ReportStructure(StrictModel):
     roles: dict[str, Role]
     headings: dict[str, tuple[str, ...]]
     preamble: Preamble
     currency: Currency
+    document_references: DocumentKinds
 
     def model_post_init(self, _context: Any) -> None:
         needed = {"headingless", "headingless_conclusion", self.preamble.with_findings_heading,
