@@ -117,6 +117,7 @@ def full_prefetch(patient_id: str = "pat-1") -> dict[str, Any]:
         "patient": patient(patient_id),
         "conditions": empty_searchset(),
         "reports": empty_searchset(),
+        "imagingNotes": empty_searchset(),
         "medicationRequests": empty_searchset(),
         "medicationStatements": empty_searchset(),
         "observations": empty_searchset(),
