@@ -13,7 +13,7 @@ presses "Sign Order" on Rx Sign, waits for the service's answer and writes into 
 The JWT the Sandbox sends is not written anywhere. Every request to a host other than loopback is blocked (the
 Sandbox's public defaults are not reachable here and must not be called). Not run by CI (CI has no Sandbox).
 
-    pip install playwright        # the Python package only: it drives Debian's chromium, no browser download
+    pip install -e '.[sandbox]'   # the Python playwright package only: it drives Debian's chromium, no browser download
     python tests/sandbox/drive.py --sandbox http://127.0.0.1:8480 --fhir http://127.0.0.1:8481/fhir \\
         --services http://127.0.0.1:8482/cds-services --out /tmp/sandbox-run
 """
@@ -121,6 +121,7 @@ def drive(args: argparse.Namespace) -> int:
             time.sleep(SETTLE_SECONDS)
             page.screenshot(path=str(out / f"{run.name}.png"), full_page=True)
             cards = page.locator("[class*='decision-card']")
+            _tall(page, args)
             for n in range(cards.count()):
                 cards.nth(n).screenshot(path=str(out / f"{run.name}-card-{n + 1}.png"))
             hook_exchanges = [e for e in exchanges if (e["request"] or {}).get("hook") == run.hook]
@@ -135,6 +136,13 @@ def drive(args: argparse.Namespace) -> int:
             context.close()
         browser.close()
     return 1 if failures else 0
+
+
+def _tall(page, args: argparse.Namespace) -> None:
+    """A viewport as tall as the page, so the Sandbox's fixed header does not cover the top of a long card."""
+    height = page.evaluate("() => document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": args.width, "height": max(args.height, min(int(height) + 50, 16000))})
+    page.wait_for_timeout(300)
 
 
 def _fill_order(page, run: Run) -> None:
@@ -170,6 +178,44 @@ def _wait_for_hook(page, exchanges: list[dict], hook: str, hook_url: str, after:
         page.wait_for_timeout(250)
 
 
+def card_demo(args: argparse.Namespace) -> int:
+    """Render a saved service answer in the Sandbox's own Card Demo (pencil icon) and screenshot each card.
+
+    For cards the Sandbox cannot reach through its tabs (e.g. an order card while the draft is dropped): the answer
+    is the service's response to a recorded request, pasted into the Card Demo editor, rendered by the same card
+    list component as the tabs."""
+    from playwright.sync_api import sync_playwright
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    answer = Path(args.card_demo).read_text(encoding="utf-8")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": args.width, "height": args.height})
+        context.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname in LOOPBACK
+                      else route.abort())
+        page = context.new_page()
+        run = Run("card-demo", "patient-view", "patient-view", args.patient)
+        page.goto(sandbox_url(args.sandbox, args.fhir, args.services, run), timeout=TIMEOUT_MS)
+        page.wait_for_timeout(4000)
+        page.locator("header button").filter(has=page.locator("svg")).nth(0).click()
+        name = args.name or Path(args.card_demo).stem
+        cards = json.loads(answer).get("cards") or []
+        for n, card in enumerate(cards, start=1):        # the Card Demo takes one card at a time
+            editor = page.locator(".cm-content").first
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.press("Delete")
+            page.keyboard.insert_text(json.dumps(card, indent=2))
+            page.wait_for_timeout(1500)
+            _tall(page, args)
+            page.locator("[class*='decision-card']").first.screenshot(path=str(out / f"{name}-card-{n}.png"))
+        print(f"{name}: {len(cards)} card(s) rendered in the Card Demo")
+        browser.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sandbox", default="http://127.0.0.1:8480", help="the running Sandbox")
@@ -180,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--only", nargs="*", help="run names to drive (default: all)")
-    return drive(parser.parse_args(argv))
+    parser.add_argument("--card-demo", help="a saved service answer (JSON) to render in the Sandbox's Card Demo")
+    parser.add_argument("--name", help="--card-demo: file name stem of the screenshots")
+    parser.add_argument("--patient", default="pat-40", help="--card-demo: patient the Sandbox opens with")
+    args = parser.parse_args(argv)
+    return card_demo(args) if args.card_demo else drive(args)
 
 
 if __name__ == "__main__":
