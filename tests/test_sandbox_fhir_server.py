@@ -81,7 +81,7 @@ def test_every_prefetch_search_of_the_service_gives_the_fixture_data(client, key
     request = fixture_request("40_ord_methotrexate_axial__order-select")
     template = PREFETCH[key].replace("{{context.patientId}}", "pat-40")
     path, _, query = template.partition("?")
-    expected = ids(request["prefetch"][key])
+    expected = ids(request["prefetch"].get(key) or {})     # a key the fixture does not fill: nothing on the server
     by_get = client.get(f"/fhir/{path}?{query}").get_json()
     by_post = client.post(f"/fhir/{path}/_search", data=query,
                           content_type="application/x-www-form-urlencoded").get_json()
