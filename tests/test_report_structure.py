@@ -175,3 +175,50 @@ def test_a_report_older_than_the_window_starts_no_pathway() -> None:
     assert not result.active("active_sacroiliitis")
     assert any(f.historical for f in result.findings if f.concept == "active_sacroiliitis")
     assert cards(rec) == []
+
+
+# Sentence-level classes, each inside a whole report (the report reads right only when the sentence does).
+MR_PELVIS_CODE, XR_HIP = "24867-4", "24762-7"
+SENTENCE_CLASS_REPORTS = {
+    "addendum_changes_the_conclusion": (MR_PELVIS_CODE, """MRI PELVIS
+INDICATION: Hip pain and anaemia.
+FINDINGS: Diffuse intermediate T1 marrow signal in the pelvis and proximal femora, attributed to red marrow
+reconversion. No fracture. Femoral heads normal.
+IMPRESSION: Red marrow reconversion. No osteonecrosis.
+ADDENDUM: Reviewed with the prior laboratory results. The marrow signal is lower than that of skeletal muscle on T1.
+This is not typical of red marrow reconversion and is suspicious for a diffuse marrow-replacing process; haematology
+referral is advised.""", {("diffuse_marrow_signal_change", "affirmed")},
+        {"red_marrow_reconversion"}),
+    "concessive_negation": (MR_SI, """MRI SACROILIAC JOINTS
+FINDINGS: Although no erosions or ankylosis are seen, there is subchondral bone marrow oedema of the left ilium.
+IMPRESSION: While the joints show no structural damage, the oedema is in keeping with active left sacroiliitis.""",
+        {("bone_marrow_edema", "affirmed"), ("active_sacroiliitis", "affirmed")}, {"erosion", "ankylosis"}),
+    "double_negative_hedges": (MR_SI, """MRI SACROILIAC JOINTS
+FINDINGS: Faint periarticular signal at the right iliac surface.
+IMPRESSION: Appearances are not inconsistent with early right sacroiliitis; follow-up MRI in 3 months.""",
+        {("active_sacroiliitis", "uncertain")}, set()),
+    "leading_diagnosis_hedges": (MR_HIP_R, """MRI RIGHT HIP
+FINDINGS: Diffuse marrow oedema of the femoral head and neck without a subchondral fracture line or rim sign.
+IMPRESSION: The leading diagnosis is transient bone marrow oedema syndrome.""",
+        {("bone_marrow_edema", "affirmed"), ("transient_bme_syndrome", "uncertain")}, set()),
+    "soft_tissue_oedema_is_not_bone": (MR_PELVIS_CODE, """MRI PELVIS
+FINDINGS: Normal bone marrow signal. Oedema within the left gluteus medius muscle belly and along the fascia lata.
+Subcutaneous oedema over the greater trochanter.
+IMPRESSION: Gluteal muscle strain. No bony abnormality.""", set(), {"bone_marrow_edema"}),
+    "muscle_fat_is_not_fat_metaplasia": (MR_PELVIS_CODE, """MRI LUMBOSACRAL
+FINDINGS: SI joints normal. Marked fatty infiltration of the multifidus muscles at L5-S1.
+IMPRESSION: Muscle atrophy. Normal sacroiliac joints.""", set(), {"fat_metaplasia"}),
+    "labral_calcification_projects_over_the_labrum": (XR_HIP, """XR RIGHT HIP 2 VIEWS
+FINDINGS: Tiny calcification projecting over the region of the superior acetabular labrum. Joint space preserved.
+IMPRESSION: No fracture. Joint space preserved.""",
+        {("labral_calcification", "affirmed")}, set()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCE_CLASS_REPORTS))
+def test_sentence_classes_in_whole_reports(name: str) -> None:
+    loinc, text, wanted, not_current = SENTENCE_CLASS_REPORTS[name]
+    result = extract_findings(record_of(report("r", text, loinc)), NOW)
+    got = {(f.concept, f.certainty) for f in result.findings if f.certainty != "negated" and not f.historical}
+    assert wanted <= got, got
+    assert not {c for c, _ in got} & not_current, got

@@ -49,6 +49,9 @@ class Concept(StrictModel):
     # effusion") does not move or drop the mention; only a site word it owns ("sacroiliitis of the left ilium") can
     site_in_name: bool = False
     implies: tuple[str, ...] = ()            # an affirmed/uncertain mention also asserts these (deep BME -> BME)
+    # in a report that affirms one of these (same side and site, or unstated), a mention of this concept is part of
+    # that finding, not a finding of its own (a subchondral fracture in osteonecrosis is its collapse)
+    subsumed_by: tuple[str, ...] = ()
     codes: tuple[Coding, ...] = ()
     related_codes: tuple[Coding, ...] = ()
     code_qualifiers: dict[str, CodeQualifier] = {}
@@ -80,7 +83,7 @@ class ConceptCatalogue(StrictModel):
         known = set(ids)
         owner: dict[tuple[str, str], str] = {}
         for concept in self.concepts:
-            for ref in (*concept.implies, *(a for p in concept.phrasing_rules for a in p.also)):
+            for ref in (*concept.implies, *concept.subsumed_by, *(a for p in concept.phrasing_rules for a in p.also)):
                 if ref not in known:
                     raise ValueError(f"{concept.id}: refers to unknown concept {ref!r}")
             for coding in concept.codes:
@@ -212,6 +215,8 @@ class ContextRuleGroup(StrictModel):
 class ContextRules(StrictModel):
     source: str
     rules: tuple[ContextRuleGroup, ...]
+    # A concessive clause, up to its comma: a modifier inside it does not reach past it (regex, case-insensitive)
+    concessive_clause: str | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> "ContextRules":
@@ -297,6 +302,7 @@ class Compiled:
     by_id: dict[str, Concept]
     report_codes: dict[str, ReportCode]
     default_site_words: dict[str, re.Pattern[str]]      # concept id -> its compiled default_site_words
+    concessive_clause: re.Pattern[str] | None = None    # context_rules.yaml concessive_clause
 
 
 def check_sites(catalogue: ConceptCatalogue, nlp: NlpRules) -> None:
@@ -371,6 +377,8 @@ def compiled() -> Compiled:
         catalogue=catalogue,
         nlp=nlp,
         context=context,
+        concessive_clause=(_compile(context.concessive_clause, re.IGNORECASE, f"{CONTEXT_FILE}: concessive_clause")
+                           if context.concessive_clause else None),
         groups=tuple(groups),
         targets=Dispatcher([(text, member.regex, (order, member))
                             for order, (group, texts) in enumerate(zip(groups, group_texts))

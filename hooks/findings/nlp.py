@@ -86,6 +86,10 @@ class _Pipeline:
         self.prime(text)
         doc = self.nlp.make_doc(text)
         doc = self.sentencizer(doc)
+        if "?" in text:            # "?AVN ?stress fracture": a question mark glued to a word asks about it, no sentence end
+            for token in doc[:-1]:
+                if token.text == "?" and not token.whitespace_ and doc[token.i + 1].is_alpha:
+                    doc[token.i + 1].is_sent_start = False
         if "\n" in text:           # some line breaks end a sentence (headings, lists); wrapped lines do not
             for found in self.line_breaks.finditer(text):
                 pos = found.end()
@@ -387,6 +391,20 @@ class _TextCache:
 TEXT_CACHE = _TextCache()
 
 
+def _in_other_concessive_clause(doc: Any, text: str, modifier: Any, target: Any, concessive: Any) -> bool:
+    """A modifier said inside a concessive clause ("Although no erosions are seen, ...") reaches no finding after the
+    clause's comma: "although no X, Y" affirms Y."""
+    cue = doc[modifier.modifier_span[0]].idx
+    aim = target.start_char
+    if aim <= cue:
+        return False
+    sentence = doc[modifier.modifier_span[0]].sent
+    for clause in concessive.finditer(text, sentence.start_char, sentence.end_char):
+        if clause.start() <= cue < clause.end() <= aim:
+            return True
+    return False
+
+
 def findings_from_text(text: str, reference: str, element: str | None = None,
                        region: str | None = None) -> tuple[Finding, ...]:
     """The findings one report text states (affirmed, negated or uncertain), each with its sentence as evidence.
@@ -419,7 +437,10 @@ def findings_from_text(text: str, reference: str, element: str | None = None,
         target_info = {(t.start, t.end): t for t in targets}
         # ConText's modifiers of each entity, read from its graph once (what ent._.modifiers holds).
         categories_of: dict[tuple[int, int], set[str]] = {}
+        concessive = rules.concessive_clause
         for target, modifier in doc._.context_graph.edges:
+            if concessive is not None and _in_other_concessive_clause(doc, text, modifier, target, concessive):
+                continue
             categories_of.setdefault((target.start, target.end), set()).add(modifier.category)
         for n in sorted(by_sentence):
             if n >= limits.max_sentences:

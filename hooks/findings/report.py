@@ -166,14 +166,28 @@ def _compatible(a: Finding, b: Finding) -> bool:
 
 def reconcile_sections(findings: list[Finding]) -> list[Finding]:
     """Where current mentions of one finding disagree (affirmed / uncertain / negated), the section of the highest
-    rank decides: the impression over the findings, an addendum over what it amends. History is left alone."""
+    rank decides: the impression over the findings, an addendum over what it amends; at equal rank an affirmed
+    mention outweighs a hedged one; a mention another affirmed finding subsumes (concepts.yaml `subsumed_by`) goes.
+    History is left alone."""
     current = [f for f in findings if not f.historical]
+    by_id = compiled().by_id
     out = []
     for finding in findings:
         if not finding.historical:
+            subsumed_by = by_id[finding.concept].subsumed_by if finding.concept in by_id else ()
+            if finding.certainty != "negated" and subsumed_by and any(
+                    other.concept in subsumed_by and other.certainty == "affirmed"
+                    and _compatible(replace(other, concept=finding.concept), finding) for other in current):
+                continue
             own = rank(finding.section)
             if any(other.certainty != finding.certainty and rank(other.section) > own and _compatible(other, finding)
                    for other in current):
+                continue
+            # A report that states a finding and elsewhere hedges about it states it (the affirmed description
+            # outweighs a hedged interpretation of the same lesion, as within one sentence).
+            if finding.certainty == "uncertain" and any(
+                    other.certainty == "affirmed" and rank(other.section) >= own and _compatible(other, finding)
+                    for other in current):
                 continue
         out.append(finding)
     return out
