@@ -81,6 +81,34 @@ def main() -> None:
     fresh = [typical_report() for _ in range(args.runs)]                 # new models with the same content
     print(summary("findings_from_report, cached (equal content)", measure(
         lambda: findings_from_report(fresh.pop()), args.runs)))
+    typical_chart(args.runs)
+
+
+def typical_chart(runs: int) -> None:
+    """The benchmark's typical chart (tests/benchmarks/workload.py): the findings stage over its reports, cold
+    (extraction caches cleared before each call; the record's FHIR models are parsed once, as in a request)."""
+    import datetime as dt
+
+    import importlib.util
+    import pathlib
+    import sys
+
+    from hooks.findings import extract_findings
+    from hooks.record import PatientRecord
+
+    here = pathlib.Path(__file__).resolve().parent
+    sys.path.insert(0, str(here.parents[1]))           # the repository root, for fixtures.build
+    spec = importlib.util.spec_from_file_location("msk_cds_bench_workload", here / "workload.py")
+    workload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workload)
+
+    request = workload.typical_request("patient-view")
+    record = PatientRecord.from_prefetch(request["prefetch"])
+    now = dt.datetime.fromisoformat(workload.now_of_typical().replace("Z", "+00:00"))
+    reports = len(extract_findings(record, now).reports)
+    times = measure(lambda: extract_findings(record, now), runs, clear_caches)
+    print(summary(f"typical chart: extract_findings ({reports} reports), cold", times))
+    print(summary("typical chart: per report, cold", [t / max(1, reports) for t in times]))
 
 
 if __name__ == "__main__":
