@@ -49,7 +49,7 @@ def test_precision_and_recall_per_class(capsys: pytest.CaptureFixture[str]) -> N
 # Held-out sets: written after the corpus and scored unseen first (fixtures/findings/README.md records those first
 # scores). Gaps they revealed were fixed in the data, so they are no longer unseen; here they guard against
 # regressions at the level reached (micro precision and recall, floors a little under the current scores).
-HELD_OUT_FLOORS = {"heldout.yaml": 0.95, "heldout_2.yaml": 0.88, "heldout_3.yaml": 0.85}
+HELD_OUT_FLOORS = {"heldout.yaml": 0.95, "heldout_2.yaml": 0.88, "heldout_3.yaml": 0.85, "heldout_4.yaml": 0.76}
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT_FLOORS))

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
+import threading
+import time
 from typing import Any
 
 import pytest
+import responses
 
 from conftest import FHIR_BASE, PATIENT_ID, complete_prefetch, searchset
 from hooks.findings import extract_findings
@@ -206,3 +210,26 @@ def test_pdf_and_images_are_counted_and_named_in_the_log_never_an_error(client, 
 def test_malformed_markup_never_raises(content_type, data):
     report = diagnostic_report("r", presentedForm=[{"contentType": content_type, "data": data}])
     signature(record_of([report]))        # whatever is read, nothing raises
+
+
+def test_a_binary_that_stalls_is_given_up_at_the_prefetch_deadline(app_factory, cds_request, fhir_server):
+    """The Binary read shares the prefetch deadline: a stalled server leaves the report unread, the call answers."""
+    release = threading.Event()
+
+    def stall(request):
+        release.wait(20)
+        return 200, {}, json.dumps({"resourceType": "Binary", "contentType": "text/plain", "data": b64(PLAIN)})
+
+    app = app_factory(FHIR_FETCH_DEADLINE_SECONDS=0.5)
+    fhir_server.mock.add_callback(responses.GET, f"{FHIR_BASE}/Binary/slow", callback=stall)
+    prefetch = complete_prefetch()
+    prefetch["reports"] = searchset([diagnostic_report("r", presentedForm=[
+        {"contentType": "text/plain", "url": "Binary/slow"}])])
+    try:
+        started = time.monotonic()
+        response = app.test_client().post(PV, json=cds_request("patient-view", prefetch=prefetch,
+                                                               fhir_server=FHIR_BASE))
+        assert response.status_code == 200 and response.get_json()["cards"] == []
+        assert time.monotonic() - started < 10, "the call waited for the stalled Binary instead of its deadline"
+    finally:
+        release.set()
