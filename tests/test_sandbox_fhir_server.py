@@ -99,6 +99,8 @@ def test_token_search_system_code_or_and_bare_code(client):
     assert ids(bare) == ids(both)
     wrong_system = client.get("/fhir/Condition?code=http://snomed.info/sct|K26.4").get_json()
     assert "cond-46-ulcer" not in ids(wrong_system)
+    none_of_that_type = client.get("/fhir/Condition?patient=pat-46&type=http://loinc.org|18748-4").get_json()
+    assert ids(none_of_that_type) == set()                # Condition has no `type`: nothing matches
     either = client.get("/fhir/Condition?patient=pat-46&code=K26.4,M35.3").get_json()
     assert {"cond-46-ulcer", "cond-46-pmr"} <= ids(either)
 

@@ -89,11 +89,13 @@ def replay(tmp_path):
 def test_recordings_are_the_sandbox_shapes_without_tokens():
     """Guard the fixtures themselves: Sandbox shapes (object category, untyped draft Bundle), no token anywhere."""
     names = sorted(p.stem for p in SANDBOX.glob("*.json"))
-    assert names, "no recorded Sandbox requests"
+    assert len(names) >= 6, "recorded Sandbox requests missing"
     for name in names:
         raw = (SANDBOX / f"{name}.json").read_text(encoding="utf-8")
         assert "eyJ" not in raw and "access_token" not in raw and "Bearer" not in raw, name
         body = json.loads(raw)
+        if name.startswith("feedback-"):
+            body = body["hook_request"]
         assert body["fhirServer"].startswith("http://127.0.0.1:")
         assert body["context"]["userId"] == "Practitioner/COREPRACTITIONER1"      # the Sandbox's default user
         if body["hook"] != "patient-view":
@@ -129,6 +131,29 @@ def test_draft_before_a_drug_is_chosen_is_answered(replay):
     status, answer = replay("rx-view-draft-before-a-drug-is-chosen")
     assert status == 200
     assert not any(c["indicator"] in ("warning", "critical") for c in answer["cards"])
+
+
+# -- feedback, as the Sandbox sends it after a card was acted on ---------------------------------------------------
+
+@pytest.mark.parametrize("name, outcome", [("feedback-accepted-suggestion", "accepted"),
+                                           ("feedback-overridden-with-reason", "overridden")])
+def test_sandbox_feedback_is_stored(tmp_path, name, outcome):
+    """Accepting a suggestion / dismissing with a reason: the Sandbox's feedback (its override reason carries code
+    and system, no display) is stored, after the hook call that showed the card."""
+    recording = recorded(name)
+    item = recording["feedback"]["feedback"][0]
+    assert item["outcome"] == outcome
+    if outcome == "overridden":
+        assert set(item["overrideReason"]["reason"]) == {"code", "system"}
+    app = create_app({"FIXED_NOW": RECORDED_AT, "AUTH_DISABLED": True,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'feedback.sqlite3'}"})
+    client = app.test_client()
+    shown = client.post(f"/cds-services/{SERVICE_OF_HOOK[recording['hook_request']['hook']]}",
+                        json=recording["hook_request"])
+    assert shown.status_code == 200 and shown.get_json()["cards"]
+    stored = client.post(recording["feedback_url_path"], json=recording["feedback"])
+    assert stored.status_code == 200, stored.get_json()
+    assert stored.get_json() == {"stored": 1}
 
 
 # -- order hooks: the warnings a clinician must see --------------------------------------------------------------

@@ -44,6 +44,7 @@ class Run:
     supply: str = ""       # Rx Sign's Supply Duration menu: 7 days ... 90 days
     start_end: tuple[str, str] | None = None     # Start Date / End Date (MM/DD/YYYY, typed)
     sign: bool = False     # press "Sign Order" (Rx Sign fires order-sign only then)
+    feedback: str = ""     # "accept": take the first card's first suggestion; "override": dismiss it with a reason
 
 
 def _day(offset: int) -> str:
@@ -69,6 +70,14 @@ def default_runs() -> list[Run]:
     ]
 
 
+def feedback_runs() -> list[Run]:
+    """Feedback as the Sandbox sends it: a suggestion taken, a card dismissed with an override reason."""
+    return [
+        Run("feedback-accepted-suggestion", "patient-view", "patient-view", "pat-22", feedback="accept"),
+        Run("feedback-overridden-with-reason", "patient-view", "patient-view", "pat-15", feedback="override"),
+    ]
+
+
 def sandbox_url(base: str, fhir: str, services: str, run: Run) -> str:
     query = {"fhirServiceUrl": fhir, "patientId": run.patient, "serviceDiscoveryURL": services,
              "screen": run.screen, "hook": run.hook}
@@ -80,7 +89,8 @@ def drive(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in default_runs() if not args.only or r.name in args.only]
+    runs = [r for r in default_runs() + feedback_runs()
+            if (r.name in args.only if args.only else not r.feedback)]
     service_path = urlparse(args.services).path.rstrip("/") + "/"
     failures = 0
     with sync_playwright() as pw:
@@ -95,8 +105,7 @@ def drive(args: argparse.Namespace) -> int:
 
             def on_response(response, exchanges=exchanges) -> None:
                 req = response.request
-                if req.method == "POST" and urlparse(req.url).path.startswith(service_path) \
-                        and not req.url.endswith("/feedback"):
+                if req.method == "POST" and urlparse(req.url).path.startswith(service_path):
                     try:
                         answer = response.json()
                     except Exception:                       # noqa: BLE001 - keep the raw text of a non-JSON answer
@@ -118,12 +127,19 @@ def drive(args: argparse.Namespace) -> int:
                     page.get_by_role("button", name="Sign Order").click()
                 _wait_for_hook(page, exchanges, run.hook, hook_url, after=before if run.sign else 0,
                                drug=run.medication)
+            if run.feedback:
+                _give_feedback(page, run, exchanges)
             time.sleep(SETTLE_SECONDS)
             page.screenshot(path=str(out / f"{run.name}.png"), full_page=True)
             cards = page.locator("[class*='decision-card']")
             _tall(page, args)
             for n in range(cards.count()):
                 cards.nth(n).screenshot(path=str(out / f"{run.name}-card-{n + 1}.png"))
+            feedback = [e for e in exchanges if e["url"].endswith("/feedback")]
+            if run.feedback:
+                (out / f"{run.name}.feedback.json").write_text(json.dumps(feedback, indent=2) + "\n")
+                print(f"{run.name}: {len(feedback)} feedback call(s): {[e['status'] for e in feedback]}")
+                failures += 0 if feedback else 1
             hook_exchanges = [e for e in exchanges if (e["request"] or {}).get("hook") == run.hook]
             (out / f"{run.name}.exchange.json").write_text(json.dumps(hook_exchanges, indent=2) + "\n")
             last = hook_exchanges[-1] if hook_exchanges else None
@@ -136,6 +152,24 @@ def drive(args: argparse.Namespace) -> int:
             context.close()
         browser.close()
     return 1 if failures else 0
+
+
+def _give_feedback(page, run: Run, exchanges: list[dict]) -> None:
+    """Take the first suggestion, or dismiss the first card with its first override reason (else plain Dismiss)."""
+    before = len(exchanges)
+    card = page.locator("[class*='decision-card']").first
+    if run.feedback == "accept":
+        answer = next(e["response"] for e in reversed(exchanges) if (e["request"] or {}).get("hook") == run.hook)
+        label = answer["cards"][0]["suggestions"][0]["label"]
+        card.get_by_role("button", name=label, exact=True).first.click()
+    elif card.get_by_label("select dismiss reason").count():
+        card.get_by_label("select dismiss reason").click()
+        page.get_by_role("menuitem").first.click()
+    else:
+        card.get_by_role("button", name="Dismiss").click()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline and not any(e["url"].endswith("/feedback") for e in exchanges[before:]):
+        page.wait_for_timeout(250)
 
 
 def _tall(page, args: argparse.Namespace) -> None:
@@ -225,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="browser executable (Debian's chromium)")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
-    parser.add_argument("--only", nargs="*", help="run names to drive (default: all)")
+    parser.add_argument("--only", nargs="*", help="run names to drive (default: all but the feedback runs)")
     parser.add_argument("--card-demo", help="a saved service answer (JSON) to render in the Sandbox's Card Demo")
     parser.add_argument("--name", help="--card-demo: file name stem of the screenshots")
     parser.add_argument("--patient", default="pat-40", help="--card-demo: patient the Sandbox opens with")
