@@ -89,7 +89,13 @@ def warm_up() -> None:
     """Load and compile the catalogue, build the NLP pipeline and run it once (raises if the knowledge is bad)."""
     from hooks.findings.nlp import TEXT_CACHE, pipeline
 
+    from hooks.findings.formats import html_to_text, rtf_to_text
+    from hooks.findings.sections import split_sections
+
     concept_catalogue()
     pipeline()
     findings_from_text(WARM_UP_REPORT, "DiagnosticReport/warm-up")
+    # the Sectionizer and the HTML/RTF readers are built on first use: build them now, not in the first request
+    split_sections(html_to_text(f"<p><b>INDICATION:</b> ?sacroiliitis</p><p><b>FINDINGS:</b> {WARM_UP_REPORT}</p>"))
+    rtf_to_text(r"{\rtf1\ansi IMPRESSION: normal.\par}")
     TEXT_CACHE.clear()
