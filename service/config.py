@@ -144,6 +144,24 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+#: Secrets an operator mounts as files (Kubernetes Secret volume, Docker/compose secrets): NAME_FILE names a file
+#: whose content (one trailing newline dropped) is the value, the convention of the official Docker images.
+SECRET_FILE_SETTINGS = ("DATABASE_URL", "METRICS_TOKEN", "LEDGER_SALT")
+
+
+def _secret_from_file(name: str, environ: Mapping[str, str]) -> str | None:
+    path = environ.get(f"{name}_FILE")
+    if not path:
+        return None
+    if environ.get(name):
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"setting {name}_FILE: cannot read {path} ({exc.__class__.__name__})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 #: the smallest METRICS_TOKEN accepted: a short token is guessable over the network
 MIN_METRICS_TOKEN_CHARS = 16
 
@@ -182,8 +200,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
     environ = os.environ if environ is None else environ
     resolved: dict[str, Any] = {}
     for setting in SETTINGS:
+        from_file = _secret_from_file(setting.name, environ) if setting.name in SECRET_FILE_SETTINGS else None
         if setting.name in overrides:
             raw = overrides.pop(setting.name)
+        elif from_file is not None:
+            raw = from_file
         elif setting.name in environ:
             raw = environ[setting.name]
         else:

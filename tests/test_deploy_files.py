@@ -65,34 +65,66 @@ def deployment() -> dict:
     return k8s_objects()[("Deployment", "msk-cds")]
 
 
+def containers() -> dict[str, dict]:
+    return {c["name"]: c for c in deployment()["spec"]["template"]["spec"]["containers"]}
+
+
+def test_k8s_kinds_include_namespace_and_network_policy():
+    kinds = {kind for kind, _ in k8s_objects()}
+    assert {"Namespace", "NetworkPolicy"} <= kinds
+
+
 def test_deployment_probes_resources_and_non_root():
     pod = deployment()["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    by_name = containers()
+    assert set(by_name) == {"msk-cds", "nginx"}
+    app = by_name["msk-cds"]
+    port_names = {p["name"]: p["containerPort"] for p in app["ports"]}
+    assert app["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] in port_names
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][kind])
+        assert app[probe]["httpGet"]["port"] in port_names
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    # read-only root: /tmp (gunicorn heartbeat, Prometheus multiprocess files) must be a writable emptyDir
     volumes = {v["name"]: v for v in pod["volumes"]}
-    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
-    assert "emptyDir" in volumes[tmp["name"]]
-    assert container["args"][:3] == ["msk-cds", "serve", "--production"]
+    for container in by_name.values():
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), container["name"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["securityContext"].get("runAsUser", 1) != 0
+        # read-only root: /tmp (gunicorn heartbeat, metric files; nginx temp files) must be a writable emptyDir
+        tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert "emptyDir" in volumes[tmp["name"]]
+    assert app["args"][:3] == ["msk-cds", "serve", "--production"]
 
 
-def test_deployment_settings_from_configmap_and_database_url_from_secret():
+def test_secrets_are_files_not_environment_variables():
+    pod = deployment()["spec"]["template"]["spec"]
+    app = containers()["msk-cds"]
+    assert not any("valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in app.get("env", []))
+    assert not any("secretRef" in source for source in app.get("envFrom", []))
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret_volume = next(v for v in volumes.values() if "secret" in v)
+    assert secret_volume["secret"]["secretName"] == "msk-cds-secrets"
+    mount = next(m for m in app["volumeMounts"] if m["name"] == secret_volume["name"])
+    assert mount["readOnly"] is True
+    from service.config import SECRET_FILE_SETTINGS
+
+    for name in ("DATABASE_URL", "METRICS_TOKEN"):
+        assert name in SECRET_FILE_SETTINGS
+        assert env[f"{name}_FILE"] == f"{mount['mountPath']}/{name}"
+    assert all(not c.get("volumeMounts") or all(m["name"] != secret_volume["name"] for m in c["volumeMounts"])
+               for c in containers().values() if c["name"] != "msk-cds"), "only the app container sees the secrets"
+
+
+def test_deployment_settings_from_configmap():
     objects = k8s_objects()
-    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
-    (source,) = container["envFrom"]
+    app = containers()["msk-cds"]
+    (source,) = app["envFrom"]
     settings = objects[("ConfigMap", source["configMapRef"]["name"])]["data"]
-    assert "DATABASE_URL" not in settings
-    database = next(e for e in container["env"] if e["name"] == "DATABASE_URL")
-    assert database["valueFrom"]["secretKeyRef"] == {"name": "msk-cds-db", "key": "DATABASE_URL"}
+    assert "DATABASE_URL" not in settings and "METRICS_TOKEN" not in settings
     unknown = set(settings) - SETTING_NAMES - PROCESS_VARIABLES
     assert not unknown, f"ConfigMap keys that nothing reads: {unknown}"
     for setting in SETTINGS:
@@ -104,7 +136,7 @@ def test_deployment_settings_from_configmap_and_database_url_from_secret():
 def test_trusted_issuers_configmap_is_mounted_where_the_setting_points():
     objects = k8s_objects()
     pod = deployment()["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    container = containers()["msk-cds"]
     settings = objects[("ConfigMap", "msk-cds-settings")]["data"]
     path = Path(settings["TRUSTED_ISSUERS_FILE"])
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent))
@@ -114,13 +146,50 @@ def test_trusted_issuers_configmap_is_mounted_where_the_setting_points():
     assert issuers and all(iss.startswith("https://") for iss in issuers)
 
 
+def test_namespace_and_image_reference_with_registry():
+    kustomization = documents(K8S / "kustomization.yaml")[0]
+    namespace = k8s_objects()[("Namespace", kustomization["namespace"])]
+    assert namespace["metadata"]["name"] not in {"default", "kube-system"}
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (image,) = [i for i in kustomization["images"] if i["name"] == containers()["msk-cds"]["image"]]
+    registry = image["newName"].split("/")[0]
+    assert "." in registry or ":" in registry, "the image names a registry host"
+    assert image["newTag"] == re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
+                                        re.M).group(1)
+    # third-party images are pinned to an exact version (no `latest`)
+    nginx = containers()["nginx"]["image"]
+    assert re.search(r":\d+\.\d+\.\d+", nginx) and "latest" not in nginx
+    generated = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
+    nginx_volume = next(v for v in deployment()["spec"]["template"]["spec"]["volumes"] if v["name"] == "nginx-conf")
+    assert generated[nginx_volume["configMap"]["name"]] == ["nginx.conf"]
+
+
+def test_network_policy_keeps_metrics_to_the_monitoring_namespace():
+    policy = k8s_objects()[("NetworkPolicy", "msk-cds")]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    nginx_ports = {p["name"]: p["containerPort"] for p in containers()["nginx"]["ports"]}
+    app_ports = {p["name"] for p in containers()["msk-cds"]["ports"]}
+    rules = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            rules[port["port"]] = rule.get("from")
+    assert set(rules) == {"http", "metrics"} and not set(rules) & app_ports, "gunicorn's own port stays closed"
+    assert rules["http"] is None
+    (source,) = rules["metrics"]
+    assert source == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == nginx_ports["metrics"]
+
+
 def test_service_and_hpa_target_the_deployment():
     objects = k8s_objects()
     pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
     service = objects[("Service", "msk-cds")]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
-    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert "http" in {p["name"] for p in containers()["nginx"]["ports"]}, "the Service sends callers to nginx"
     hpa = objects[("HorizontalPodAutoscaler", "msk-cds")]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "msk-cds"}
@@ -132,8 +201,22 @@ def test_service_and_hpa_target_the_deployment():
 def test_kustomize_renders():
     rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
-    kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert sorted(kinds) == sorted(kind for kind, _ in k8s_objects())
+    objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    kustomization = documents(K8S / "kustomization.yaml")[0]
+    generated = ["ConfigMap"] * len(kustomization.get("configMapGenerator", []))
+    assert sorted(d["kind"] for d in objects) == sorted([kind for kind, _ in k8s_objects()] + generated)
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == kustomization["namespace"], obj["metadata"]["name"]
+    (rendered_deployment,) = [d for d in objects if d["kind"] == "Deployment"]
+    images = {c["name"]: c["image"] for c in rendered_deployment["spec"]["template"]["spec"]["containers"]}
+    (image,) = kustomization["images"]
+    assert images["msk-cds"] == f"{image['newName']}:{image['newTag']}"
+    # the generated nginx ConfigMap (name with its content hash) is the one the pod mounts
+    config_maps = {d["metadata"]["name"] for d in objects if d["kind"] == "ConfigMap"}
+    mounted = {v["configMap"]["name"] for v in rendered_deployment["spec"]["template"]["spec"]["volumes"]
+               if "configMap" in v}
+    assert mounted <= config_maps
 
 
 def compose() -> dict:
@@ -207,7 +290,10 @@ def pip_targets(command_text: str) -> list[str]:
     for line in command_text.replace("\\\n", " ").splitlines():
         if "pip install" not in line:
             continue
-        words = shlex.split(line.split("pip install", 1)[1].split("&&")[0])
+        try:
+            words = shlex.split(line.split("pip install", 1)[1].split("&&")[0])
+        except ValueError:          # the words "pip install" inside a quoted message, not a command
+            continue
         targets += [re.sub(r"\[.*\]$", "", w) for w in words if not w.startswith("-")]
     return targets
 
@@ -317,9 +403,11 @@ def test_readme_documents_every_setting_and_process_variable():
 
 
 def test_docker_context_excludes_the_virtualenv_but_not_what_is_copied():
-    ignored = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    # at the build context root, where both the legacy builder and BuildKit read it
+    assert not (DEPLOY / "Dockerfile.dockerignore").exists()
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    assert ".venv" in ignored and ".git" in ignored
+    assert {".venv", ".venv-*", ".git", "tests", "fixtures"} <= set(ignored)
     copied = [shlex.split(rest)[:-1] for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
     for source in (s for sources in copied for s in sources):
         assert source.split("/")[0] not in ignored, f"{source} is copied but excluded from the build context"
