@@ -65,10 +65,15 @@ def _action_line(action: Mapping[str, Any]) -> str:
     return f"{kind} {rtype}: {action.get('description', '')}"
 
 
-def print_cards(body: Mapping[str, Any], out: TextIO) -> None:
+NO_REPEAT_NOTE = ("  (no cards: this patient's order-select call above already showed its cards; order-sign does not "
+                  "repeat a card shown at order-select for the same patient and order within NO_REPEAT_WINDOW_HOURS, "
+                  "24 h by default)\n")
+
+
+def print_cards(body: Mapping[str, Any], out: TextIO, no_cards_note: str | None = None) -> None:
     cards = body.get("cards") or []
     if not cards:
-        out.write("  (no cards)\n")
+        out.write(no_cards_note or "  (no cards)\n")
     for number, card in enumerate(cards, 1):
         rule = (card.get("extension") or {}).get("org.msk-cds.rule", "")
         out.write(f"\n  [{number}] {card.get('indicator', '?').upper()}: {card.get('summary', '')}\n")
@@ -105,8 +110,14 @@ def _error_text(response: requests.Response) -> str:
     return json.dumps(body)[:300]
 
 
-def replay_one(path: Path, args: argparse.Namespace, out: TextIO) -> bool:
-    """Send one request file; print the answer. True when the service answered 200."""
+def _patient(request: Mapping[str, Any]) -> str | None:
+    context = request.get("context")
+    return context.get("patientId") if isinstance(context, Mapping) else None
+
+
+def replay_one(path: Path, args: argparse.Namespace, out: TextIO, selected: set | None = None) -> bool:
+    """Send one request file; print the answer. True when the service answered 200. `selected` collects the patients
+    whose order-select call in this run returned cards (an order-sign after it says why it has none)."""
     try:
         request = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -135,10 +146,18 @@ def replay_one(path: Path, args: argparse.Namespace, out: TextIO) -> bool:
     except ValueError:
         out.write("  HTTP 200 but the body is not JSON\n")
         return False
+    selected = set() if selected is None else selected
+    patient = _patient(request)
+    has_cards = isinstance(body, Mapping) and bool(body.get("cards"))
+    if hook == "order-select" and has_cards and patient:
+        selected.add(patient)
+    note = NO_REPEAT_NOTE if hook == "order-sign" and patient in selected else None
     if args.json:
         out.write(json.dumps(body, indent=2) + "\n")
+        if note and not has_cards:
+            out.write(note)
     else:
-        print_cards(body, out)
+        print_cards(body, out, note)
     return True
 
 
@@ -148,7 +167,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not files:
         out.write(f"no request files at {args.path}\n")
         return 2
-    results: Iterable[bool] = [replay_one(p, args, out) for p in files]
+    selected: set = set()
+    results: Iterable[bool] = [replay_one(p, args, out, selected) for p in files]
     failures = sum(1 for ok in results if not ok)
     if len(files) > 1:
         out.write(f"\n{len(files) - failures} of {len(files)} requests answered 200\n")
