@@ -172,6 +172,8 @@ class NlpRules(StrictModel):
     sites: tuple[ValuedPattern, ...]
     line_breaks: str
     severity_comparatives: str
+    # a side word right after one of these compares the sides of a bilateral finding ("more marked on the right")
+    laterality_comparatives: str | None = None
     clause_breaks: str
     measurements: tuple[MeasurementRule, ...]
     deep_bme: DeepBme
@@ -291,6 +293,7 @@ class Compiled:
     modifiers: Dispatcher           # laterality, severity and site words; payload (kind, value)
     line_breaks: re.Pattern[str]
     severity_comparatives: re.Pattern[str]
+    laterality_comparatives: re.Pattern[str] | None
     clause_breaks: re.Pattern[str]
     measurements: tuple[tuple[MeasurementRule, re.Pattern[str]], ...]
     deep_phrase: re.Pattern[str]
@@ -388,6 +391,8 @@ def compiled() -> Compiled:
                               *lexicon("site", nlp.sites, "sites")]),
         line_breaks=_compile(nlp.line_breaks, re.MULTILINE, "line_breaks"),
         severity_comparatives=_compile(nlp.severity_comparatives, re.IGNORECASE, "severity_comparatives"),
+        laterality_comparatives=(_compile(nlp.laterality_comparatives, re.IGNORECASE, "laterality_comparatives")
+                                 if nlp.laterality_comparatives else None),
         clause_breaks=_compile(nlp.clause_breaks, re.IGNORECASE, "clause_breaks"),
         measurements=tuple(
             (rule, expand(rule.pattern, macros, NLP_FILE, f"measurements.{n}"))

@@ -248,6 +248,10 @@ def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, 
     located = [(i, e.start_char - offset, e.end_char - offset, e.label_) for i, e in enumerate(ents)]
     mentions = _modifier_mentions(text, rules)
     lateralities = mentions["laterality"]
+    if rules.laterality_comparatives is not None and any(m.value == "bilateral" for m in lateralities):
+        # "bilateral erosions, more marked on the right": the side compares, the finding stays bilateral
+        lateralities = [m for m in lateralities if m.value == "bilateral"
+                        or not rules.laterality_comparatives.search(text[max(0, m.start - 40):m.start])]
     sides = {m.value for m in lateralities} & {"left", "right"}
     if len(sides) == 1:         # "unilateral sacroiliitis, left-sided": the side says more
         side = next(iter(sides))
