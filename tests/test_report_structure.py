@@ -139,9 +139,13 @@ def test_an_addendum_wins_over_what_it_amends() -> None:
     ("NO EROSIONS.\nFINDINGS ARE CONSISTENT WITH A NORMAL STUDY.", ["headingless"]),
     ("Mild synovitis of the left SI joint.", ["headingless"]),
     ("Mild oedema of the ilium.\nIMPRESSION: sacroiliitis.", ["headingless", "impression"]),
+    ("HISTORY/INDICATION: ?sacroiliitis\nFINDINGS & IMPRESSION: normal", ["reason", "findings"]),
 ])
 def test_headings_with_and_without_colons_in_any_case(text: str, roles: list[str]) -> None:
-    assert [s.role for s in split_sections(text)] == roles
+    sections = split_sections(text)
+    assert [s.role for s in sections] == roles
+    # a section's body never carries its own heading's words or colon
+    assert not any(text[s.start:s.end].lstrip().startswith((":", "/", "&")) for s in sections)
 
 
 def test_the_newest_report_of_a_region_decides_and_older_reports_are_history() -> None:

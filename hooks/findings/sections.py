@@ -69,7 +69,9 @@ class Section:
 
 
 # A heading ends with ":" or " - " (an optional number first: "Addendum 1:", "ADDENDUM #2 -").
-_AFTER_HEADING = re.compile(r"[ \t]*(?:#?\d{1,2}[ \t]*)?(?::|-(?=\s)|–(?=\s))")
+# "HISTORY/INDICATION:", "Findings & impression:": a second heading word joined by "/" or "&" belongs to the heading.
+_AFTER_HEADING = re.compile(r"(?:[ \t]*[/&][ \t]*[A-Za-z]+(?:[ \t][A-Za-z]+)?)?[ \t]*(?:#?\d{1,2}[ \t]*)?"
+                            r"(?::|-(?=\s)|–(?=\s))")
 _LINE_PREFIX = re.compile(r"[ \t#*>\-•]*$")         # what may stand before a heading on its line (markup, bullets)
 _SENTENCE_END = re.compile(r"[.!?;:)\]][ \t]*$")     # "...normal. Impression: ..." (not "these findings: ...")
 _REST_OF_LINE = re.compile(r"[ \t]*(?:#?\d{1,2})?[ \t]*(?:\r?\n|$)")
