@@ -206,7 +206,9 @@ def test_methotrexate_for_axial_disease_warns_with_delete_and_the_pathway_altern
     first = card["suggestions"][0]["actions"]
     assert first[0] == {"type": "delete", "description": first[0]["description"], "resourceId": "MedicationRequest/d1"}
     assert first[1]["resource"]["intent"] == "order"
-    assert "327361" in str(first[1]) or "1726844" in str(first[1])
+    # screening first: the replacement orders the TB/HBV tests; the TNF inhibitor is not created before the results
+    assert {a["resource"]["resourceType"] for a in first[1:]} == {"ServiceRequest"}
+    assert "327361" not in str(first) and "1726844" not in str(first)
     assert check_response({"cards": list(cards)}) == []
 
 
@@ -262,8 +264,11 @@ def test_biologic_draft_without_screening_adds_the_tests():
                  drafts=[draft_med("d1", ADALIMUMAB)])
     cards = order_hook_cards(hook_request("order-sign", rec), selected_only=False).cards
     card = next(c for c in cards if c["extension"]["org.msk-cds.rule"] == "safety.biologic_screening")
-    codes = {a["resource"]["code"]["coding"][0]["code"] for a in card["suggestions"][0]["actions"]}
+    actions = card["suggestions"][0]["actions"]
+    codes = {a["resource"]["code"]["coding"][0]["code"] for a in actions if a["type"] == "create"}
     assert {"71773-6", "5196-1"} <= codes
+    # the drafted biologic is not signed together with its screening: it is removed, re-ordered after the results
+    assert {"type": "delete", "description": actions[0]["description"], "resourceId": "MedicationRequest/d1"} in actions
 
 
 # ------------------------------------------------------------------------------------------------- knowledge

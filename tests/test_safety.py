@@ -122,13 +122,28 @@ def test_screening_missing_adds_tb_and_hbv_tests_to_the_suggestion():
     assert "TB" in {f.check: f for f in result.flags}["biologic_screening"].text
 
 
-def test_positive_screening_warns():
+def test_positive_screening_says_what_comes_first_and_withholds_the_biologic():
+    # a positive TB test: latent TB treatment starts before the biologic (labels); no one-click biologic
     rec = record(observations=[observation("t", "71773-6", result="positive"),
                                observation("h", "5196-1", result="negative")])
     result = evaluate_drug("adalimumab", facts_of(rec))
     got = {f.check: f for f in result.flags}
-    assert got["screening_positive"].effect == "warn" and "Observation/t" in got["screening_positive"].sources
+    assert got["screening_positive"].effect == "block" and "Observation/t" in got["screening_positive"].sources
+    assert result.blocked and "latent TB treatment starts first" in got["screening_positive"].text
     assert result.add_services == ()
+
+
+def test_indeterminate_screening_is_repeated_first():
+    indeterminate = observation("t", "71773-6")
+    indeterminate["valueString"] = "Indeterminate (low mitogen response)"
+    rec = record(observations=[indeterminate, observation("h", "5196-1", result="negative")])
+    result = evaluate_drug("etanercept", facts_of(rec))
+    assert result.blocked and "indeterminate" in {f.check: f for f in result.flags}["screening_positive"].text
+
+
+def test_missing_screening_holds_the_biologic_until_the_results():
+    result = evaluate_drug("adalimumab", facts_of(record()))
+    assert result.hold and result.add_services == ("tb_igra", "hbsag", "anti_hbc")
 
 
 def test_screening_older_than_a_year_does_not_count():

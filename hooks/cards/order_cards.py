@@ -47,7 +47,13 @@ def _fix_suggestions(issue: OrderIssue, ctx: OrderContext, cctx: CardContext, k:
         for service_id in issue.add_services:
             actions.append(create(service_request(service_id, ctx, k), k.services.services[service_id].text))
             names.append(k.services.services[service_id].text)
-        out.append({"label": text.keep_draft_add.format(items="; ".join(names))[:300],
+        if issue.hold:
+            # screening first: the tests now, the drafted drug is removed and ordered once the results are known
+            actions.insert(0, removal)
+            label = text.held.format(items="; ".join(names), drug=k.drugs[issue.draft.drug].name if issue.draft.drug else _drug_name(issue, k))
+        else:
+            label = text.keep_draft_add.format(items="; ".join(names))
+        out.append({"label": label[:300],
                     "uuid": card_uuid(cctx.hook_instance, f"{issue.rule}|{ref}", f"s{index}"),
                     "isRecommended": True, "actions": actions})
         index += 1

@@ -218,11 +218,19 @@ def pathway_card(a: Assessment, facts: PatientFacts, cctx: CardContext, k: Clini
     octx = OrderContext(cctx.orders.patient_id, cctx.orders.user, cctx.orders.now, cctx.orders.intent, reason)
     suggestions: list[dict[str, Any]] = []
     companions = list(a.companions)
+    held_seen: set[tuple[str, ...]] = set()
     for i, option in enumerate(a.options):
+        if option.safety.hold:
+            # the same tests come first for every alternative: one suggestion orders them
+            if option.safety.add_services in held_seen:
+                continue
+            held_seen.add(option.safety.add_services)
         suggestions.append(medication_suggestion(option, octx, k, cctx.hook_instance, rule, i, companions,
                                                  step.service_priority))
     if not a.options:
-        services = list(step.services) + ([s for s in companions if s not in step.services] if a.already_on else [])
+        # already on the drug, or every drug withheld by a safety check: the step's other orders still stand
+        services = list(step.services) + ([s for s in companions if s not in step.services]
+                                          if a.already_on or a.blocked else [])
         for i, service_id in enumerate(services):
             suggestions.append(service_suggestion(service_id, octx, k, cctx.hook_instance, rule, i,
                                                   step.service_priority))

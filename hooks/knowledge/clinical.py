@@ -13,14 +13,18 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model, load_yaml
 
-# The facts the pathway conditions and text templates may name; hooks/pathways/facts.py computes exactly these.
-FACT_NAMES = frozenset({
-    "age", "pregnant", "pregnancy_weeks", "nsaid_current", "nsaid_trial_days", "pain_nrs", "pain_days",
-    "symptom_support", "biologic_current", "tnf_current", "tnf_failed", "tnf_failed_primary", "tnf_failed_secondary",
-    "tnf_exposure_days", "diabetes", "egfr", "gi_risk", "nsaid_allergy", "sulfonamide_allergy",
-    "active_serious_infection", "physiological_context", "ibd", "disease_stable", "anticoagulant_current",
-    "demyelinating_disease", "si_injection_done", "liver_disease_or_alcohol",
-})
+def _declared_facts() -> frozenset[str]:
+    """The fact vocabulary of facts.yaml (hooks/pathways/facts.py computes exactly these)."""
+    data = load_yaml("facts.yaml")
+    facts = data.get("facts") if isinstance(data, Mapping) else None
+    if not isinstance(facts, Mapping) or not facts:
+        raise KnowledgeError("facts.yaml", "facts", "a mapping of fact names is required")
+    for name, spec in facts.items():
+        if not isinstance(spec, Mapping) or spec.get("kind") not in ("boolean", "number", "category"):
+            raise KnowledgeError("facts.yaml", f"facts.{name}", "kind must be boolean, number or category")
+    return frozenset(facts)
+
+
 # Dates a text template may name besides the facts.
 DATE_NAMES = frozenset({"nsaid_trial_due", "response_check_due", "reassess_date"})
 DRUG_CLASSES = frozenset({
@@ -29,6 +33,8 @@ DRUG_CLASSES = frozenset({
     "prostacyclin", "non_nsaid_analgesic", "vitamin_k_antagonist",
 })
 Indicator = Literal["info", "warning", "critical"]
+# What a cell of the ACG GI x cardiovascular risk grid may ask for (safety.yaml gi_risk.params.grid).
+GI_ACTIONS = frozenset({"none", "nsaid_ppi_or_cox2", "drug_ppi", "cox2_ppi", "avoid"})
 
 
 # --------------------------------------------------------------------------------------------------- evidence
@@ -94,8 +100,9 @@ class Dosing(StrictModel):
     max_per_day: Quantity | None = None
     step_up_dose: Quantity | None = None   # a later dose the label allows (said in the text; a new order)
     count: int | None = None               # total administrations (single-dose drugs)
-    duration_days: int | None = None
-    reassess_days: int | None = None
+    # days, or the name of a pathways.yaml parameter (the NSAID trial lasts `nsaid_failure_days`): resolved at load
+    duration_days: int | str | None = None
+    reassess_days: int | str | None = None
     text: str                              # a template: {dose}, {loading_dose}, {max_per_day} (rendered at load)
     citations: list[str]
     _text_template: str = PrivateAttr(default="")
@@ -139,6 +146,7 @@ class Drug(StrictModel):
     products: list[Coding] = Field(default_factory=list)
     related_ingredients: list[Coding] = Field(default_factory=list)   # biosimilars: same family
     biosimilar_family: str | None = None
+    aliases: list[str] = Field(default_factory=list)     # brand / over-the-counter names that identify it in text
     dosing: dict[str, Dosing] = Field(default_factory=dict)
 
     def product(self, code: str | None) -> Coding | None:
@@ -298,10 +306,10 @@ class Cond(StrictModel):
     pathway: str | None = None
     step_offers: str | None = None         # the current step of an active pathway offers a drug of this class
     fact: str | None = None
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
+    gt: str | None = None                  # comparisons name a parameter of pathways.yaml `parameters`
+    ge: str | None = None
+    lt: str | None = None
+    le: str | None = None
     all: list["Cond"] | None = None
     any: list["Cond"] | None = None
     not_: "Cond | None" = Field(default=None, alias="not")
@@ -329,11 +337,15 @@ class Cond(StrictModel):
 class MedicationAction(StrictModel):
     drugs: list[str]
     dosing: str
+    # the dosing by the coded indication: value set id -> dosing key, used for each drug that has that dosing
+    # (ixekizumab: ankylosing spondylitis has a loading dose, nr-axSpA none; secukinumab's step-up is AS only)
+    dosing_by_condition: dict[str, str] = Field(default_factory=dict)
     companions: list[str] = Field(default_factory=list)       # services added to each alternative's suggestion
     skip_if_current: list[str] = Field(default_factory=list)  # already on a drug of these classes: do not re-suggest
     recommended_classes: list[str] = Field(default_factory=list)
     prefer_in_pregnancy: list[str] = Field(default_factory=list)
     exclude_failed_family: bool = False
+    no_recommendation: bool = False                        # the guideline prefers none: no isRecommended
     fallback: "MedicationAction | None" = None             # offered when every drug above is blocked
     summary: str | None = Field(default=None, max_length=139)   # the card summary when this fallback is used
 
@@ -433,12 +445,9 @@ class PathwaysFile(StrictModel):
     version_note: str
     advice_footer: str
     card_text: CardText
-    nsaid_failure_days: int
-    response_check_days: int
-    stable_pain_nrs_max: float
+    parameters: dict[str, float]
     t1_missing_note: str
     fact_labels: dict[str, str]
-    nsaid_gap_days: int
     site_groups: dict[str, SiteGroup] = Field(default_factory=dict)
     pathways: list[Pathway]
     order_checks: list[OrderCheck]
@@ -446,6 +455,27 @@ class PathwaysFile(StrictModel):
 
     def by_id(self) -> dict[str, Pathway]:
         return {p.id: p for p in self.pathways}
+
+    def param(self, name: str) -> float | int:
+        value = self.parameters[name]
+        return int(value) if float(value).is_integer() else value
+
+    # the parameters the facts read (named once in `parameters`)
+    @property
+    def nsaid_failure_days(self) -> int:
+        return int(self.param("nsaid_failure_days"))
+
+    @property
+    def nsaid_gap_days(self) -> int:
+        return int(self.param("nsaid_gap_days"))
+
+    @property
+    def response_check_days(self) -> int:
+        return int(self.param("response_check_days"))
+
+    @property
+    def stable_pain_nrs_max(self) -> float:
+        return self.param("stable_pain_nrs_max")
 
 
 # ------------------------------------------------------------------------------------------------ the whole base
@@ -463,6 +493,7 @@ class ClinicalKnowledge:
         self.checks = safety.by_id()
         self.pathway_file = pathways
         self.pathways = pathways.by_id()
+        self.fact_names: frozenset[str] = frozenset()       # facts.yaml, set by the cross-check
         #: Lookups derived from this knowledge and memoised by the rules (they die with it, never go stale).
         self.derived: dict[str, dict[Any, Any]] = {}
 
@@ -517,7 +548,24 @@ def check_dosing(drug: "Drug", key: str, dosing: "Dosing") -> str | None:
     return None
 
 
+def _resolve_dosing_parameters(k: ClinicalKnowledge) -> None:
+    """A dosing's duration or reassessment named by a parameter takes the parameter's value (one number, one place)."""
+    for drug in k.medications.drugs:
+        for key, dosing in drug.dosing.items():
+            for field_name in ("duration_days", "reassess_days"):
+                value = getattr(dosing, field_name)
+                if isinstance(value, str):
+                    if value not in k.pathway_file.parameters:
+                        raise KnowledgeError("medications.yaml", f"drugs.{drug.id}.dosing.{key}.{field_name}",
+                                             f"{value!r} is not a parameter of pathways.yaml")
+                    object.__setattr__(dosing, field_name, int(k.pathway_file.param(value)))
+
+
 def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
+    # the facts the pathway conditions, checks and text templates may name (declared in facts.yaml)
+    FACT_NAMES = k.fact_names = _declared_facts()  # noqa: N806
+    _resolve_dosing_parameters(k)
+
     def need(ok: bool, file: str, place: str, reason: str) -> None:
         if not ok:
             raise KnowledgeError(file, place, reason)
@@ -553,7 +601,7 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
          "the engine needs the gi_risk and biologic_screening checks")
 
     pathway_ids = set(k.pathways)
-    for value_set in ("pregnancy", "diabetes", "charcot", "peptic_ulcer_or_gi_bleed", "active_serious_infection",
+    for value_set in ("pregnancy", "diabetes", "charcot", "active_serious_infection", "liver_disease_or_alcohol",
                       "ibd", "demyelinating_disease", "athlete", "postpartum", "hip_pain", "low_back_pain"):
         need(value_set in k.value_sets, "conditions.yaml", "value_sets", f"the facts read value set {value_set!r}")
 
@@ -561,6 +609,10 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
         for node in cond.walk():
             if node.fact is not None:
                 need(node.fact in FACT_NAMES, file, place, f"unknown fact {node.fact!r}")
+            for op in ("gt", "ge", "lt", "le"):
+                limit = getattr(node, op)
+                need(limit is None or limit in k.pathway_file.parameters, file, place,
+                     f"{op}: {limit!r} is not a parameter (thresholds are named once in `parameters`)")
             if node.condition is not None:
                 need(node.condition in k.value_sets, file, place, f"unknown value set {node.condition!r}")
             if node.step_offers is not None:
@@ -585,7 +637,11 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
     labels = set(k.pathway_file.fact_labels)
     need(labels == FACT_NAMES, "pathways.yaml", "fact_labels",
          f"labels must cover exactly the facts: missing {sorted(FACT_NAMES - labels)}, unknown {sorted(labels - FACT_NAMES)}")
-    known_text = FACT_NAMES | DATE_NAMES
+    need(not set(k.pathway_file.parameters) & (FACT_NAMES | DATE_NAMES), "pathways.yaml", "parameters",
+         "a parameter has the name of a fact or date")
+    for name in ("nsaid_failure_days", "nsaid_gap_days", "response_check_days", "stable_pain_nrs_max"):
+        need(name in k.pathway_file.parameters, "pathways.yaml", "parameters", f"the facts read parameter {name!r}")
+    known_text = FACT_NAMES | DATE_NAMES | set(k.pathway_file.parameters)
     for pathway in k.pathway_file.pathways:
         base = f"pathways.{pathway.id}"
         need(pathway.seed in k.evidence, "pathways.yaml", base, f"unknown seed source {pathway.seed!r}")
@@ -623,6 +679,8 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
                     need(d in k.drugs, "pathways.yaml", place, f"unknown drug {d!r}")
                     need(med.dosing in k.drugs[d].dosing, "pathways.yaml", place,
                          f"drug {d!r} has no dosing {med.dosing!r}")
+                for vs in med.dosing_by_condition:
+                    need(vs in k.value_sets, "pathways.yaml", place, f"unknown value set {vs!r}")
                 for d in med.prefer_in_pregnancy:
                     need(d in med.drugs, "pathways.yaml", place, f"prefer_in_pregnancy {d!r} is not among the drugs")
                 med = med.fallback
@@ -638,6 +696,19 @@ def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
         need(check.fix != "replace_with_service" or check.replacement_service in k.services.services,
              "pathways.yaml", place, "replace_with_service needs a known replacement_service")
     gi = k.checks["gi_risk"].params
+    need(gi.get("high_if_condition") in k.value_sets, "safety.yaml", "checks.gi_risk.params",
+         "high_if_condition must name a value set")
+    for factor in gi.get("factors") or ():
+        need(factor.get("condition", next(iter(k.value_sets))) in k.value_sets
+             and factor.get("drug_class", "nsaid") in DRUG_CLASSES, "safety.yaml", "checks.gi_risk.params.factors",
+             f"unknown value set or drug class in {factor}")
+    for tier in ("low", "moderate", "high"):
+        for cv in ("low_cv", "high_cv"):
+            cell = (gi.get("grid") or {}).get(tier, {}).get(cv) or {}
+            need(cell.get("action") in GI_ACTIONS, "safety.yaml", f"checks.gi_risk.params.grid.{tier}.{cv}",
+                 f"action must be one of {sorted(GI_ACTIONS)}")
+            need(cell.get("action") != "drug_ppi" or cell.get("drug") in k.drugs, "safety.yaml",
+                 f"checks.gi_risk.params.grid.{tier}.{cv}", "drug_ppi needs a known drug")
     need(gi.get("prefer_drug") in k.drugs, "safety.yaml", "checks.gi_risk.params", "prefer_drug is not a drug")
     need(gi.get("ppi_drug") in k.drugs and gi.get("ppi_dosing") in k.drugs[gi["ppi_drug"]].dosing, "safety.yaml",
          "checks.gi_risk.params", "ppi_drug/ppi_dosing must name a drug and one of its dosings")

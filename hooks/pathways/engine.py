@@ -71,6 +71,7 @@ class _Context:
     unknown_facts: set[str] = field(default_factory=set)
     used_facts: list[str] = field(default_factory=list)
     site_groups: Mapping[str, SiteGroup] = field(default_factory=dict)
+    parameters: Mapping[str, float] = field(default_factory=dict)
 
 
 def _in_group(finding: Finding, group: SiteGroup, findings: FindingSet) -> bool:
@@ -108,8 +109,9 @@ def holds(cond: Cond, ctx: _Context) -> bool:
     if value is None:
         ctx.unknown_facts.add(name)
         return False
-    for op, limit in (("gt", cond.gt), ("ge", cond.ge), ("lt", cond.lt), ("le", cond.le)):
-        if limit is not None:
+    for op, name in (("gt", cond.gt), ("ge", cond.ge), ("lt", cond.lt), ("le", cond.le)):
+        if name is not None:
+            limit = ctx.parameters[name]
             return {"gt": value > limit, "ge": value >= limit, "lt": value < limit, "le": value <= limit}[op]
     return bool(value)
 
@@ -127,9 +129,12 @@ def fact_text(value: Any) -> str:
     return str(value)
 
 
-def text_values(facts: PatientFacts, reassess_date: str | None = None) -> dict[str, str]:
-    """Values for the {fields} of the step wording ("unknown" when a fact is unknown)."""
-    values = {name: fact_text(value) for name, value in facts.values.items()}
+def text_values(facts: PatientFacts, reassess_date: str | None = None,
+                k: ClinicalKnowledge | None = None) -> dict[str, str]:
+    """Values for the {fields} of the step wording ("unknown" when a fact is unknown), with the named parameters."""
+    k = k or clinical_knowledge()
+    values = {name: fact_text(k.pathway_file.param(name)) for name in k.pathway_file.parameters}
+    values.update({name: fact_text(value) for name, value in facts.values.items()})
     values.update({key: "unknown" for key in ("nsaid_trial_due", "response_check_due", "reassess_date")})
     values.update(facts.dates)
     if reassess_date:
@@ -168,17 +173,26 @@ def _options(step: Step, facts: PatientFacts, k: ClinicalKnowledge) -> tuple[lis
     recommended = next((d for d, _ in allowed if d in prefer), None)
     if recommended is None and med.recommended_classes:
         recommended = next((d for d, _ in allowed if set(k.drugs[d].classes) & set(med.recommended_classes)), None)
-    if recommended is None and allowed:
+    if recommended is None and allowed and not med.no_recommendation:
         recommended = allowed[0][0]
     allowed.sort(key=lambda item: item[0] != recommended)      # the recommended alternative goes first
-    options = [MedicationOption(d, s.dosing or med.dosing, d == recommended, s) for d, s in allowed]
+    options = [MedicationOption(d, s.dosing or _indication_dosing(d, med, facts, k), d == recommended, s)
+               for d, s in allowed]
     return options, blocked, [], med
+
+
+def _indication_dosing(drug: str, med: Any, facts: PatientFacts, k: ClinicalKnowledge) -> str:
+    """The dosing for the patient's coded indication (dosing_by_condition), else the action's default."""
+    for value_set, key in med.dosing_by_condition.items():
+        if facts.conditions.get(value_set) and key in k.drugs[drug].dosing:
+            return key
+    return med.dosing
 
 
 def assess(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> tuple[Assessment, ...]:
     """One Assessment per active pathway (deferring pathways give way), in pathways.yaml order."""
     k = k or clinical_knowledge()
-    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups)
+    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups, parameters=k.pathway_file.parameters)
     active = frozenset(p.id for p in k.pathway_file.pathways if holds(p.entry, ctx))
     ctx.active_pathways = active
     out: list[Assessment] = []
@@ -219,7 +233,7 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
     return Assessment(
         pathway=pathway, step=step, findings=tuple(shown), reasons=reasons, options=tuple(options),
         blocked=tuple(blocked), already_on=tuple(already), services=tuple(step.services), notes=tuple(notes),
-        unknown=tuple(unknown), text_values=text_values(facts),
+        unknown=tuple(unknown), text_values=text_values(facts, k=k),
         companions=tuple(used.companions) if used is not None else (),
         summary=used.summary if used is not None and used is not step.medications and options else None,
         withheld=tuple(MedicationOption(d, "", False, s) for d, s in
@@ -230,12 +244,13 @@ def _assessment(pathway: Pathway, step: Step, ctx: _Context, k: ClinicalKnowledg
 def active_pathway_ids(findings: FindingSet, facts: PatientFacts, k: ClinicalKnowledge | None = None) -> frozenset[str]:
     """Ids of the pathways whose entry holds (before deferral): what the order checks test against."""
     k = k or clinical_knowledge()
-    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups)
+    ctx = _Context(findings, facts, site_groups=k.pathway_file.site_groups, parameters=k.pathway_file.parameters)
     return frozenset(p.id for p in k.pathway_file.pathways if holds(p.entry, ctx))
 
 
 def evaluate(cond: Cond, findings: FindingSet, facts: PatientFacts, active: Iterable[str],
              offered_classes: Iterable[str] = ()) -> bool:
     """Evaluate a condition outside a pathway (order checks)."""
+    k = clinical_knowledge()
     return holds(cond, _Context(findings, facts, frozenset(active), frozenset(offered_classes),
-                                site_groups=clinical_knowledge().pathway_file.site_groups))
+                                site_groups=k.pathway_file.site_groups, parameters=k.pathway_file.parameters))

@@ -144,7 +144,8 @@ class DrugIndex:
         for drug in k.medications.drugs:
             for coding in drug.all_codes():
                 self.by_code.setdefault((coding.system, coding.code), drug.id)
-        self.names = sorted(((d.name.lower(), d.id) for d in k.medications.drugs), key=lambda x: -len(x[0]))
+        names = [(name.lower(), d.id) for d in k.medications.drugs for name in (d.name, *d.aliases)]
+        self.names = sorted(names, key=lambda x: -len(x[0]))
 
     def drug_of(self, concept: Any) -> str | None:
         for pair in codings(concept):
@@ -192,7 +193,8 @@ def _stop_kind(k: ClinicalKnowledge, reasons: Iterable[Any]) -> str | None:
             for kind, spec in kinds.kinds.items():
                 if system == kinds.system and code in spec.codes:
                     return kind
-        text = _lower(concept_text(reason)) + " " + _lower(getattr(reason, "text", None))
+        text = " ".join(_lower(t) for t in (getattr(reason, "text", None), *(
+            getattr(c, "display", None) for c in getattr(reason, "coding", None) or ())))
         for kind in ("secondary_nonresponse", "primary_nonresponse", "intolerance"):
             if any(p in text for p in kinds.kinds[kind].phrases):
                 return kind
@@ -510,9 +512,11 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     latest_failure = max(failed_tnf, key=lambda e: e.end, default=None)
     values["tnf_failed_secondary"] = bool(latest_failure and latest_failure.stop_kind == "secondary_nonresponse")
     values["tnf_failed_primary"] = bool(latest_failure and latest_failure.stop_kind == "primary_nonresponse")
+    # stopped with no recognisable reason: the response check (ASDAS/BASDAI) decides primary vs secondary
+    values["tnf_failed_reason_unknown"] = bool(latest_failure and latest_failure.stop_kind is None)
     if failed_tnf:
         refs = tuple(e.reference for e in failed_tnf)
-        for name in ("tnf_failed", "tnf_failed_secondary", "tnf_failed_primary"):
+        for name in ("tnf_failed", "tnf_failed_secondary", "tnf_failed_primary", "tnf_failed_reason_unknown"):
             if values[name]:
                 sources[name] = refs
     if current_bio:
@@ -531,22 +535,34 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
         sources["anticoagulant_current"] = tuple(
             e.reference for e in exposures if e.current and "anticoagulant" in e.classes)
 
-    # GI risk factors (seed 000/003 + standard): prior ulcer or bleed, age > 65, anticoagulant, antiplatelet, steroid
+    # GI risk factors as data (safety.yaml gi_risk.params.factors, ACG 2009): each is a problem-list value set, the
+    # age above a threshold, or a current drug of a class; Python only evaluates these building blocks.
     gi_params = k.checks["gi_risk"].params
     factors: list[tuple[str, str | None]] = []
-    for ref in cond.get("peptic_ulcer_or_gi_bleed", ()):
-        factors.append(("prior ulcer or GI bleed", ref))
-    if values["age"] is not None and values["age"] > gi_params.get("age_over", 65):
-        factors.append((f"age {values['age']}", sources["age"][0]))
-    for cls, label in (("anticoagulant", "anticoagulant"), ("antiplatelet", "antiplatelet"),
-                       ("systemic_glucocorticoid", "systemic corticosteroid")):
-        for e in exposures:
-            if e.current and cls in e.classes:
-                factors.append((label, e.reference))
-                break
+    for factor in gi_params["factors"]:
+        if "condition" in factor:
+            factors += [(factor["label"], ref) for ref in cond.get(factor["condition"], ())[:1]]
+        elif "age_over" in factor:
+            if values["age"] is not None and values["age"] > factor["age_over"]:
+                factors.append((factor["label"].format(age=values["age"]), sources["age"][0]))
+        elif "drug_class" in factor:
+            current = next((e for e in exposures if e.current and factor["drug_class"] in e.classes), None)
+            if current is not None:
+                factors.append((factor["label"], current.reference))
     values["gi_risk"] = bool(factors)
     if factors:
         sources["gi_risk"] = tuple(ref for _, ref in factors if ref)
+    # ACG 2009 tiers: high = a complicated ulcer history or more than `high_if_factors_over` factors; moderate = 1-2
+    complicated = cond.get(gi_params["high_if_condition"], ())
+    values["gi_risk_tier"] = ("high" if complicated or len(factors) > gi_params["high_if_factors_over"]
+                              else "moderate" if factors else "low")
+    # ACG 2009: high cardiovascular risk = needs low-dose aspirin (an antiplatelet) for prevention
+    cv = [e for e in exposures if e.current and set(gi_params["cv_high_if_current"]) & e.classes]
+    values["cv_risk_high"] = bool(cv)
+    if cv:
+        sources["cv_risk_high"] = tuple(e.reference for e in cv)
+    if complicated or factors:
+        sources["gi_risk_tier"] = tuple(complicated) + sources["gi_risk"]
 
     # allergies
     if "allergies" in record.unavailable:

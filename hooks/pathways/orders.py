@@ -42,6 +42,7 @@ class OrderIssue:
     add_services: tuple[str, ...] = ()          # keep the draft and add these (screening tests)
     add_drugs: tuple[tuple[str, str], ...] = () # keep the draft and add these (a PPI)
     delete: bool = False
+    hold: bool = False                          # the added tests come first: the drafted drug after their results
     guidance: tuple[str, str] | None = None     # (drug id, dosing key) for ordering guidance
     step_title: str | None = None
 
@@ -144,7 +145,8 @@ def review_drafts(drafts: Iterable[Any], assessments: tuple[Assessment, ...], ac
             issues.append(OrderIssue(
                 draft, "safety", flags[0].rule, default_pathway, "warning", flags=flags, replacements=replacements,
                 replacement_companions=companions, add_services=safety.add_services if not blocked else (),
-                add_drugs=safety.add_drugs if gi and not blocked else (), delete=blocked))
+                add_drugs=safety.add_drugs if gi and not blocked else (), delete=blocked,
+                hold=safety.hold and not blocked))
         if warned:
             continue
         for a in assessments:

@@ -74,14 +74,29 @@ def _fmt(value: object) -> str:
 
 
 def _gi_risk(check: SafetyCheck, facts: PatientFacts, k: ClinicalKnowledge, drug: str) -> _Outcome | None:
-    if not facts.gi_risk_factors:
+    """The cell of the GI x cardiovascular risk grid (safety.yaml) for this patient, applied to one NSAID."""
+    tier = facts.get("gi_risk_tier") or "low"
+    cell = check.params["grid"][tier]["high_cv" if facts.get("cv_risk_high") else "low_cv"]
+    action = cell["action"]
+    if action == "none":
         return None
-    factors = ", ".join(label for label, _ in facts.gi_risk_factors)
-    sources = tuple(ref for _, ref in facts.gi_risk_factors if ref)
-    if "cox2_inhibitor" in k.drugs[drug].classes:
-        return _Outcome("substitute", {"factors": factors}, sources)
-    return _Outcome("substitute", {"factors": factors}, sources,
-                    drugs=((check.params["ppi_drug"], check.params["ppi_dosing"]),))
+    factors = ", ".join(label for label, _ in facts.gi_risk_factors) or "cardiovascular risk"
+    sources = tuple(ref for _, ref in facts.gi_risk_factors if ref) + tuple(facts.sources.get("cv_risk_high", ()))
+    values = {"factors": factors, "tier": tier, "advice": cell["advice"]}
+    classes = set(k.drugs[drug].classes)
+    ppi = ((check.params["ppi_drug"], check.params["ppi_dosing"]),)
+    if action == "avoid":
+        return _Outcome("block", values, sources)
+    if action == "drug_ppi":
+        return _Outcome("substitute", values, sources, drugs=ppi) if drug == cell["drug"] else _Outcome(
+            "block", values, sources)
+    if action == "cox2_ppi":
+        return _Outcome("substitute", values, sources, drugs=ppi) if "cox2_inhibitor" in classes else _Outcome(
+            "block", values, sources)
+    # nsaid_ppi_or_cox2
+    if "cox2_inhibitor" in classes:
+        return _Outcome("substitute", values, sources)
+    return _Outcome("substitute", values, sources, drugs=ppi)
 
 
 def _anticoagulant(check, facts, k, drug):
@@ -137,17 +152,33 @@ def _required_orders(check, facts, k, drug):
 
 
 def _screening_positive(check, facts, k, drug):
-    positive = [r for r in facts.screening.values() if r.result == "positive" and r.test in ("tb_igra", "hbsag", "anti_hbc")]
+    screening = {t for group in k.checks["biologic_screening"].params["orders"].values() for t in group}
+    positive = [r for r in facts.screening.values()
+                if r.result in ("positive", "indeterminate") and r.test in screening]
     if not positive:
         return None
-    names = ", ".join(k.services.services[r.test].text for r in positive)
-    return _Outcome("warn", {"positive": names}, tuple(r.reference for r in positive))
+    names = ", ".join(f"{k.services.services[r.test].text}: {r.result}" for r in positive)
+    return _Outcome(check.effect, {"positive": names}, tuple(r.reference for r in positive))
 
 
 def _jak_age(check, facts, k, drug):
     age = facts.get("age")
     if age is not None and age >= check.params["age_from"]:
         return _Outcome("warn", {"age": age}, facts.sources.get("age", ()))
+    return None
+
+
+def _duplicate(check, facts, k, drug):
+    classes = set(k.drugs[drug].classes)
+    for group in check.params["groups"]:
+        if not classes & set(group):
+            continue
+        current = [e for e in facts.exposures if e.current and e.drug != drug and e.classes & set(group)]
+        if current:
+            names = ", ".join(dict.fromkeys(k.drugs[e.drug].name for e in current))
+            refs = tuple(e.reference for e in current)
+            return _Outcome(check.effect, {"current": names, "references": ", ".join(refs),
+                                           "drug": k.drugs[drug].name}, refs)
     return None
 
 
@@ -168,6 +199,7 @@ def _age_caution(check, facts, k, drug):
 CHECKS: dict[str, Check] = {
     "gi_risk": _gi_risk,
     "acetaminophen_liver": _acetaminophen_liver,
+    "duplicate_therapy": _duplicate,
     "acetaminophen_older_adult": _age_caution,
     "anticoagulant_nsaid": _anticoagulant,
     "renal_block": _renal_below,
