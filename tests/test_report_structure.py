@@ -212,6 +212,13 @@ IMPRESSION: Gluteal muscle strain. No bony abnormality.""", set(), {"bone_marrow
     "muscle_fat_is_not_fat_metaplasia": (MR_PELVIS_CODE, """MRI LUMBOSACRAL
 FINDINGS: SI joints normal. Marked fatty infiltration of the multifidus muscles at L5-S1.
 IMPRESSION: Muscle atrophy. Normal sacroiliac joints.""", set(), {"fat_metaplasia"}),
+    "follow_up_lesion_still_present": (MR_SI, """MRI SACROILIAC JOINTS (FOLLOW-UP)
+CLINICAL HISTORY: Known axial spondyloarthritis on NSAIDs for 3 months.
+COMPARISON: MRI 4 months ago.
+FINDINGS: The previously seen subchondral bone marrow oedema of the left ilium persists, unchanged in extent.
+Previously described small erosions are again noted.
+IMPRESSION: Persistent active left sacroiliitis.""",
+        {("bone_marrow_edema", "affirmed"), ("erosion", "affirmed"), ("active_sacroiliitis", "affirmed")}, set()),
     "labral_calcification_projects_over_the_labrum": (XR_HIP, """XR RIGHT HIP 2 VIEWS
 FINDINGS: Tiny calcification projecting over the region of the superior acetabular labrum. Joint space preserved.
 IMPRESSION: No fracture. Joint space preserved.""",
@@ -226,3 +233,17 @@ def test_sentence_classes_in_whole_reports(name: str) -> None:
     got = {(f.concept, f.certainty) for f in result.findings if f.certainty != "negated" and not f.historical}
     assert wanted <= got, got
     assert not {c for c, _ in got} & not_current, got
+
+
+def test_a_preliminary_read_in_the_text_is_superseded_by_the_final_report() -> None:
+    text = """MRI LEFT HIP
+INDICATION: Runner with groin pain.
+PRELIMINARY REPORT (resident, 22:10): Possible femoral neck stress fracture. Small joint effusion.
+FINAL REPORT (attending, 08:30): The low-signal band is the physeal scar. No stress fracture. Subchondral bone marrow
+oedema of the left femoral head.
+IMPRESSION (final): Bone marrow oedema of the left femoral head; no fracture."""
+    result = extract_findings(record_of(report("hip", text, MR_HIP_R)), NOW)
+    current = {f.concept for f in result.findings if f.certainty != "negated" and not f.historical}
+    assert "bone_marrow_edema" in current
+    assert not current & {"subchondral_insufficiency_fracture", "joint_effusion"}, current
+    assert any(f.section == "preliminary" and f.historical for f in result.findings)

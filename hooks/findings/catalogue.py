@@ -207,7 +207,7 @@ class NlpRules(StrictModel):
 
 
 class ContextRuleGroup(StrictModel):
-    category: Literal["NEGATED_EXISTENCE", "RESOLVED", "POSSIBLE_EXISTENCE", "HISTORICAL", "HYPOTHETICAL",
+    category: Literal["NEGATED_EXISTENCE", "RESOLVED", "POSSIBLE_EXISTENCE", "HISTORICAL", "ONGOING", "HYPOTHETICAL",
                       "PSEUDO", "TERMINATE"]
     direction: Literal["FORWARD", "BACKWARD", "BIDIRECTIONAL", "PSEUDO", "TERMINATE"]
     max_scope: int | None = None

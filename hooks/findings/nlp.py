@@ -303,7 +303,8 @@ def _sentence_findings(text: str, offset: int, ents: list[Any], reference: str, 
             certainty = "uncertain"
         else:
             certainty = "affirmed"
-        historical = "HISTORICAL" in categories and certainty != "negated"
+        # "previously seen oedema persists": known before and still there is a current finding
+        historical = "HISTORICAL" in categories and "ONGOING" not in categories and certainty != "negated"
         concept = catalogue[ent.label_]
         placed = own_site[index].value if index in own_site else (None if concept.site_in_name else sentence_site)
         if concept.sites and placed is not None and placed not in concept.sites:

@@ -70,8 +70,9 @@ class Section:
 
 # A heading ends with ":" or " - " (an optional number first: "Addendum 1:", "ADDENDUM #2 -").
 # "HISTORY/INDICATION:", "Findings & impression:": a second heading word joined by "/" or "&" belongs to the heading.
+# A note in brackets may stand before the colon: "PRELIMINARY REPORT (resident, 11/28 22:10):", "IMPRESSION (final):".
 _AFTER_HEADING = re.compile(r"(?:[ \t]*[/&][ \t]*[A-Za-z]+(?:[ \t][A-Za-z]+)?)?[ \t]*(?:#?\d{1,2}[ \t]*)?"
-                            r"(?::|-(?=\s)|–(?=\s))")
+                            r"(?:\([^()\n]{0,80}\)[ \t]*)?(?::|-(?=\s)|–(?=\s))")
 _LINE_PREFIX = re.compile(r"[ \t#*>\-•]*$")         # what may stand before a heading on its line (markup, bullets)
 _SENTENCE_END = re.compile(r"[.!?;:)\]][ \t]*$")     # "...normal. Impression: ..." (not "these findings: ...")
 _REST_OF_LINE = re.compile(r"[ \t]*(?:#?\d{1,2})?[ \t]*(?:\r?\n|$)")
