@@ -93,3 +93,95 @@ class HookResult:
 
     cards: tuple[Mapping[str, Any], ...] = ()
     system_actions: tuple[Mapping[str, Any], ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------------- cards
+@dataclass(frozen=True)
+class Action:
+    """One CDS Hooks action of a suggestion: create a resource or delete a draft (by relative reference)."""
+
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: Mapping[str, Any] | None = None
+    resource_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "description": self.description}
+        if self.resource is not None:
+            out["resource"] = dict(self.resource)
+        if self.resource_id:
+            out["resourceId"] = self.resource_id
+        return out
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A one-click suggestion: its actions are applied together, so they hold only orders that belong together."""
+
+    label: str
+    uuid: str
+    actions: tuple[Action, ...]
+    is_recommended: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "uuid": self.uuid}
+        if self.is_recommended:
+            out["isRecommended"] = True
+        out["actions"] = [a.to_json() for a in self.actions]
+        return out
+
+
+@dataclass(frozen=True)
+class Link:
+    label: str
+    url: str
+    type: Literal["absolute", "smart"] = "absolute"
+
+    def to_json(self) -> dict[str, str]:
+        return {"label": self.label, "url": self.url, "type": self.type}
+
+
+@dataclass(frozen=True)
+class CardSource:
+    label: str
+    url: str | None = None
+    topic: Mapping[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label}
+        if self.url:
+            out["url"] = self.url
+        if self.topic:
+            out["topic"] = dict(self.topic)
+        return out
+
+
+@dataclass(frozen=True)
+class Card:
+    """One CDS Hooks 2.0 card as the renderer builds it; `to_json` leaves out every empty optional field."""
+
+    uuid: str
+    summary: str
+    indicator: Literal["info", "warning", "critical"]
+    detail: str
+    source: CardSource
+    extension: Mapping[str, Any]
+    suggestions: tuple[Suggestion, ...] = ()
+    selection_behavior: Literal["at-most-one", "any"] | None = None
+    override_reasons: tuple[Mapping[str, str], ...] = ()
+    links: tuple[Link, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uuid": self.uuid, "summary": self.summary, "indicator": self.indicator}
+        if self.detail:
+            out["detail"] = self.detail
+        out["source"] = self.source.to_json()
+        out["extension"] = dict(self.extension)
+        if self.suggestions:
+            out["suggestions"] = [s.to_json() for s in self.suggestions]
+            out["selectionBehavior"] = self.selection_behavior or "at-most-one"
+        if self.override_reasons:
+            out["overrideReasons"] = [dict(r) for r in self.override_reasons]
+        if self.links:
+            out["links"] = [link.to_json() for link in self.links]
+        return out

@@ -1,11 +1,12 @@
 """CDS service declarations: each service states its contract (id, hook, title, description, prefetch) right on
-its handler, and `service/` builds discovery and routes from this registry. Adding a service touches `hooks/` only.
+its handler; a `ServiceRegistry` collects them and is handed to `service.create_app`, which builds discovery and
+routes from it. Adding a service touches `hooks/` only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from hooks.model import HookResult
 from hooks.record import PatientRecord
@@ -67,7 +68,40 @@ class CdsServiceDefinition:
         return entry
 
 
-_REGISTRY: dict[str, CdsServiceDefinition] = {}
+class ServiceRegistry:
+    """The CDS services one app serves, in declaration order; handed to `service.create_app` (nothing is registered
+    by the side effect of an import, so tests can build apps with their own services)."""
+
+    def __init__(self, definitions: Iterable[CdsServiceDefinition] = ()) -> None:
+        self._services: dict[str, CdsServiceDefinition] = {}
+        for definition in definitions:
+            self.register(definition)
+
+    def register(self, definition: CdsServiceDefinition) -> None:
+        if definition.id in self._services:
+            raise ValueError(f"duplicate CDS service id {definition.id!r}")
+        self._services[definition.id] = definition
+
+    def get(self, service_id: str) -> CdsServiceDefinition | None:
+        return self._services.get(service_id)
+
+    def __contains__(self, service_id: object) -> bool:
+        return service_id in self._services
+
+    def __getitem__(self, service_id: str) -> CdsServiceDefinition:
+        return self._services[service_id]
+
+    def __iter__(self) -> Iterator[CdsServiceDefinition]:
+        return iter(self._services.values())
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def keys(self) -> list[str]:
+        return list(self._services)
+
+    def values(self) -> list[CdsServiceDefinition]:
+        return list(self._services.values())
 
 
 def cds_service(
@@ -80,16 +114,14 @@ def cds_service(
     required_prefetch: tuple[str, ...] = (),
     usage_requirements: str | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Declare a CDS service on its handler function."""
+    """Declare a CDS service's contract on its handler (`handler.cds_service`); a ServiceRegistry collects them."""
 
     unknown = set(required_prefetch) - set(prefetch)
     if unknown:
         raise ValueError(f"service {id}: required prefetch keys {sorted(unknown)} are not declared")
 
-    def register(handler: Handler) -> Handler:
-        if id in _REGISTRY:
-            raise ValueError(f"duplicate CDS service id {id!r}")
-        _REGISTRY[id] = CdsServiceDefinition(
+    def declare(handler: Handler) -> Handler:
+        handler.cds_service = CdsServiceDefinition(  # type: ignore[attr-defined]
             id=id,
             hook=hook,
             title=title,
@@ -101,11 +133,4 @@ def cds_service(
         )
         return handler
 
-    return register
-
-
-def registered_services() -> Mapping[str, CdsServiceDefinition]:
-    """All declared services, in declaration order. Importing `hooks.services` fills the registry."""
-    import hooks.services  # noqa: F401  (declarations register on import)
-
-    return dict(_REGISTRY)
+    return declare

@@ -5,10 +5,10 @@ history, the observations named in knowledge/observations.yaml, and allergies.
 """
 from __future__ import annotations
 
-from hooks.cards.build import order_hook_cards, patient_view_cards
 from hooks.knowledge import observation_catalogue
 from hooks.model import HookResult
-from hooks.registry import HookRequest, cds_service
+from hooks.pipeline import order_cards, patient_view_cards
+from hooks.registry import HookRequest, ServiceRegistry, cds_service
 
 PATIENT = "{{context.patientId}}"
 
@@ -63,7 +63,7 @@ def patient_view(request: HookRequest) -> HookResult:
     required_prefetch=REQUIRED,
 )
 def order_select(request: HookRequest) -> HookResult:
-    return order_hook_cards(request, selected_only=True)
+    return order_cards(request, selected_only=True)
 
 
 @cds_service(
@@ -78,4 +78,9 @@ def order_select(request: HookRequest) -> HookResult:
     required_prefetch=REQUIRED,
 )
 def order_sign(request: HookRequest) -> HookResult:
-    return order_hook_cards(request, selected_only=False)
+    return order_cards(request, selected_only=False)
+
+
+def default_registry() -> ServiceRegistry:
+    """The product's three services, one per hook, in discovery order."""
+    return ServiceRegistry(handler.cds_service for handler in (patient_view, order_select, order_sign))

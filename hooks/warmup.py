@@ -1,4 +1,4 @@
-"""Start-up warm-up: load the service registry and knowledge and build the FHIR model validators once, so the
+"""Start-up warm-up: load the knowledge and build the FHIR model validators once, so the
 first request does not pay for imports and schema construction."""
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from hooks.cards.warmup import warm_up as clinical_warm_up
 from hooks.findings import warm_up as findings_warm_up
 from hooks.knowledge import knowledge_version
-from hooks.registry import registered_services
 
 # One tiny valid instance of each resource type the record reads.
 SAMPLES: tuple[dict, ...] = (
@@ -28,7 +27,6 @@ SAMPLES: tuple[dict, ...] = (
 
 def warm_up() -> None:
     """Import and validate everything a request will need. Raises if the knowledge or a model is broken."""
-    registered_services()
     knowledge_version()
     for sample in SAMPLES:
         get_fhir_model_class(sample["resourceType"]).model_validate(sample)

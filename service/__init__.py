@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
-def create_app(settings: Mapping[str, Any] | None = None):
-    """Build the Flask app (see service.app.create_app)."""
+def create_app(settings: Mapping[str, Any] | None = None, services: Any = None):
+    """Build the Flask app (see service.app.create_app); `services` is a hooks.registry.ServiceRegistry."""
     from service.app import create_app as _create_app
 
-    return _create_app(settings)
+    return _create_app(settings, services)
 
 
 __all__ = ["create_app"]

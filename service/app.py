@@ -6,12 +6,19 @@ from typing import Any, Mapping
 from flask import Flask
 
 from service import auth, cors, errors, ledger, logs, metrics, storage
-from service.config import check_production, load_settings
+from hooks.registry import ServiceRegistry
+from service.config import SERVICES_EXTENSION, check_production, load_settings
 
 
-def create_app(settings: Mapping[str, Any] | None = None) -> Flask:
-    """Build an app. `settings` overrides environment variables of the same names (see service.config)."""
+def create_app(settings: Mapping[str, Any] | None = None, services: ServiceRegistry | None = None) -> Flask:
+    """Build an app. `settings` overrides environment variables of the same names (see service.config); `services`
+    is the registry of CDS services to serve (the product's three by default)."""
     app = Flask("service", instance_relative_config=False)
+    if services is None:
+        from hooks.services import default_registry
+
+        services = default_registry()
+    app.extensions[SERVICES_EXTENSION] = services
     app.config.update(load_settings(settings))
     check_production(app.config)          # PRODUCTION: unsafe settings stop start-up here, before anything opens
     # Werkzeug also bounds the body it reads; our own reader checks again (chunked bodies have no length).

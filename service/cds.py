@@ -10,7 +10,8 @@ from flask import Blueprint, Response, current_app, g
 from hooks import budget
 from hooks.knowledge import knowledge_version
 from hooks.record import PatientRecord
-from hooks.registry import CdsServiceDefinition, HookRequest, registered_services
+from hooks.registry import CdsServiceDefinition, HookRequest
+from service.config import service_registry
 from service import logs, metrics, prefetch
 from service.errors import CdsError
 from service.feedback import validate_feedback
@@ -38,7 +39,7 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def _definition(service_id: str) -> CdsServiceDefinition:
-    definition = registered_services().get(service_id)
+    definition = service_registry().get(service_id)
     if definition is None:
         raise CdsError.one(404, None, "no CDS service with this id", "not-found")
     return definition
@@ -52,7 +53,7 @@ def evaluation_time() -> dt.datetime:
 @bp.get("/cds-services")
 def discovery() -> Response:
     extension = {KNOWLEDGE_EXTENSION: knowledge_version()}
-    services = [d.discovery_entry(extension) for d in registered_services().values()]
+    services = [d.discovery_entry(extension) for d in service_registry().values()]
     return json_response({"services": services})
 
 

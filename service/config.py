@@ -220,3 +220,15 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         resolved["DATABASE_URL"] = default_database_url()
     resolved.update(overrides)
     return resolved
+
+
+SERVICES_EXTENSION = "msk_cds.services"
+
+
+def service_registry(app: Any = None) -> Any:
+    """The app's hooks.registry.ServiceRegistry (handed to create_app); the current app's when none is given."""
+    if app is None:
+        from flask import current_app
+
+        app = current_app
+    return app.extensions[SERVICES_EXTENSION]

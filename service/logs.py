@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 from flask import Flask, Response, g, request
 
-from hooks.registry import registered_services
 
 #: the only fields a log line may carry besides ts/level/logger/event
 FIELDS = (
@@ -147,6 +146,15 @@ def request_fields() -> Mapping[str, Any]:
     return dict(g.get("log_fields", {}))
 
 
+def _service_ids() -> Any:
+    from service.config import service_registry
+
+    try:
+        return service_registry()
+    except KeyError:            # an app built without a registry serves no CDS service
+        return ()
+
+
 def init_app(app: Flask) -> None:
     """JSON-lines logs at LOG_LEVEL, and one `request` line per request with status and latency."""
     configure_logging(app.config.get("LOG_LEVEL", "INFO"))
@@ -179,7 +187,7 @@ def init_app(app: Flask) -> None:
             fields["unavailable_keys"] = _count(prefetch.get("unavailable"))
         fields.update(request_fields())
         # values the caller chose are written only in their expected shape: one of our service ids, a UUID-like id
-        if not (isinstance(fields["service"], str) and fields["service"] in registered_services()):
+        if not (isinstance(fields["service"], str) and fields["service"] in _service_ids()):
             fields["service"] = None
         if not (isinstance(fields["hook_instance"], str) and _TOKEN_SHAPE.fullmatch(fields["hook_instance"])):
             fields["hook_instance"] = None

@@ -272,9 +272,9 @@ def init_app(app: Flask) -> None:
         enabled = enabled.strip().lower() not in {"0", "false", "no", "off"}
     if not enabled:
         return
-    from hooks.registry import registered_services
+    from service.config import service_registry
 
-    app.extensions[EXTENSION_KEY] = Metrics.build(registered_services().keys())
+    app.extensions[EXTENSION_KEY] = Metrics.build(service_registry(app).keys())
     # First of all before-request functions, so calls that auth rejects are timed too.
     app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     app.after_request(_record_request)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from hooks.knowledge import KnowledgeError, knowledge_version
-from hooks.registry import registered_services
 from service.cds import json_response
+from service.config import service_registry
 from service.storage import get_storage
 
 bp = Blueprint("ops", __name__)
@@ -22,7 +22,7 @@ def readyz() -> Response:
     """Ready to serve: the database answers and the knowledge and services are loaded."""
     database = get_storage().ping()
     try:
-        knowledge = bool(knowledge_version()) and bool(registered_services())
+        knowledge = bool(knowledge_version()) and bool(len(service_registry()))
     except KnowledgeError:
         knowledge = False
     ready = database and knowledge

@@ -127,10 +127,10 @@ def app_factory(tmp_path) -> Callable[..., Any]:
     """Build apps on a temporary SQLite file; keyword settings override (auth off unless given)."""
     built = []
 
-    def make(**settings: Any):
+    def make(services: Any = None, **settings: Any):
         merged = {"AUTH_DISABLED": True, "DATABASE_URL": f"sqlite:///{tmp_path}/t.db", "TESTING": True}
         merged.update(settings)
-        app = create_app(merged)
+        app = create_app(merged, services)
         built.append(app)
         return app
 

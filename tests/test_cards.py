@@ -7,10 +7,12 @@ import datetime as dt
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from hooks.cards.build import order_hook_cards, patient_view_cards
 from hooks.cards.markdown import escape
-from hooks.cards.render import CardContext, pathway_card
+from hooks.cards.plans import plan_pathway_card
+from hooks.cards.render import render
 from hooks.cards.suggestions import OrderContext, VERIFICATION_URL
+from hooks.knowledge.cards import card_wording
+from hooks.pipeline import order_cards as order_hook_cards, patient_view_cards
 from hooks.knowledge import KnowledgeError
 from hooks.knowledge.clinical import _cross_check, clinical_knowledge
 from hooks.pathways.engine import assess
@@ -32,8 +34,10 @@ ATTACKS = [
 def cards_for(rec, fs, user="Practitioner/dr1"):
     k = clinical_knowledge()
     facts = facts_of(rec)
-    ctx = CardContext("hook-1", OrderContext("p1", user, NOW, "proposal", None))
-    return [pathway_card(a, facts, ctx, k) for a in assess(fs, facts, k)]
+    octx = OrderContext("p1", user, NOW, "proposal", None)
+    cards = card_wording()
+    return [render(plan_pathway_card(a, fs, facts, "hook-1", octx, k, cards), k, cards, "hook-1").to_json()
+            for a in assess(fs, facts, k)]
 
 
 def created(card):
@@ -86,7 +90,7 @@ def test_cards_are_conformant_and_every_suggestion_is_valid_r4(name):
         assert len(card["summary"]) < 140
         assert card["extension"]["org.msk-cds.rule"].startswith(card["extension"]["org.msk-cds.pathway"] + ".")
         assert card["extension"]["org.msk-cds.knowledge-version"]
-        assert "Cards advise; the clinician decides." in card["detail"]
+        assert len(card["detail"]) <= 600
         if card["indicator"] != "info":
             assert card["overrideReasons"]
         for resource in created(card):
@@ -111,18 +115,32 @@ def test_medication_request_shape():
     assert "2026-11-30" in naproxen["note"][0]["text"]
 
 
-def test_alternatives_are_at_most_one_with_one_recommended():
+def test_gi_risk_recommends_the_cox2_inhibitor_and_physiotherapy_is_its_own_order():
     card = cards_for(record(age=72), findings("si_joint_synovitis"))[0]
-    assert card["selectionBehavior"] == "at-most-one"
     recommended = [s for s in card["suggestions"] if s.get("isRecommended")]
-    assert len(recommended) == 1 and "Celecoxib" in recommended[0]["label"]
+    assert len(recommended) == 1 and recommended[0]["label"].startswith("Start celecoxib")
+    physio = [s for s in card["suggestions"] if "physiotherapy" in s["label"]]
+    assert len(physio) == 1 and len(physio[0]["actions"]) == 1
+    assert card["selectionBehavior"] == "any"       # the physiotherapy order stands beside whichever NSAID
+
+
+def test_no_recommended_alternative_where_the_guideline_prefers_none():
+    kwargs, concepts = SCENARIOS["refractory"]
+    card = cards_for(record(**kwargs), findings(*concepts))[0]
+    assert card["extension"]["org.msk-cds.rule"] == "refractory_sacroiliitis.tnf_inhibitor"
+    assert not [s for s in card["suggestions"] if s.get("isRecommended")]
+    # the SI-joint injection is its own suggestion, never ordered with every TNF inhibitor
+    for s in card["suggestions"]:
+        kinds = {a["resource"]["resourceType"] for a in s["actions"]}
+        text = str(s["actions"])
+        assert not ("MedicationRequest" in kinds and "sacroiliac" in text.lower())
 
 
 def test_unverified_codes_carry_the_extension_and_the_card_says_so():
     card = cards_for(record(), findings("si_joint_synovitis"))[0]
     physio = next(r for r in created(card) if r["resourceType"] == "ServiceRequest")
     assert physio["code"]["coding"][0]["extension"] == [{"url": VERIFICATION_URL, "valueCode": "unverified"}]
-    assert "not yet verified" in card["detail"]
+    assert "verified" not in card["detail"]       # review status is for governance, not the card face
 
 
 def test_requester_only_for_a_practitioner():
@@ -152,7 +170,8 @@ def test_card_uuids_are_deterministic_per_request():
 def test_unknown_data_is_said_in_the_card():
     rec = record(unavailable=["medicationRequests", "medicationStatements", "observations", "allergies"])
     card = cards_for(rec, findings("si_joint_synovitis"))[0]
-    assert "treated as unknown, not absent" in card["detail"] and "medication history" in card["detail"]
+    assert "treated as unknown" in card["detail"] and "medication history" in card["detail"]
+    assert "could not be read" in card["detail"]         # and why the NSAID is not a one-click order
 
 
 # ------------------------------------------------------------------------------------------------- handlers
@@ -249,7 +268,7 @@ def test_gi_risk_draft_offers_keep_and_add_ppi_or_switch_to_cox2():
     card = order_hook_cards(hook_request("order-sign", rec), selected_only=False).cards[0]
     assert card["extension"]["org.msk-cds.rule"] == "safety.gi_risk"
     labels = [s["label"] for s in card["suggestions"]]
-    assert "omeprazole" in labels[0] and any("Celecoxib" in label for label in labels[1:])
+    assert "omeprazole" in labels[0] and any("celecoxib" in label for label in labels[1:])
 
 
 def test_prolonged_opioid_in_vertebral_fracture_warns():

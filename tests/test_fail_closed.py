@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hooks.cards.render import CardContext, pathway_card
+from hooks.pipeline import pathway_cards
 from hooks.cards.suggestions import OrderContext
 from hooks.knowledge.clinical import clinical_knowledge
 from hooks.pathways.engine import assess
@@ -77,11 +77,10 @@ def one_click_nsaids(rec) -> list[str]:
     """RxNorm codes of NSAIDs any suggestion would create for this record (pathway A, NSAID-naive)."""
     k = clinical_knowledge()
     facts = facts_of(rec)
-    ctx = CardContext("hook-1", OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None))
+    octx = OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None)
     nsaids = _nsaid_codes()
     out = []
-    for a in assess(findings("si_joint_synovitis"), facts, k):
-        card = pathway_card(a, facts, ctx, k)
+    for card in (c.to_json() for c in pathway_cards(findings("si_joint_synovitis"), facts, "hook-1", octx, k)):
         for s in card.get("suggestions", ()):
             for act in s["actions"]:
                 res = act.get("resource") or {}
@@ -195,8 +194,8 @@ def test_the_card_says_why_the_nsaid_is_withheld():
     k = clinical_knowledge()
     facts = facts_of(rec)
     assert "nsaid_allergy" in facts.unreadable
-    ctx = CardContext("hook-1", OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None))
-    card = pathway_card(assess(findings("si_joint_synovitis"), facts, k)[0], facts, ctx, k)
+    octx = OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None)
+    card = pathway_cards(findings("si_joint_synovitis"), facts, "hook-1", octx, k)[0].to_json()
     assert "could not be read" in card["detail"] and "allerg" in card["detail"].lower()
 
 

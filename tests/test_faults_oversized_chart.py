@@ -51,7 +51,9 @@ def test_reports_beyond_the_text_budget_are_named_on_an_info_card_and_the_newest
     assert counts["reportsRead"] + counts["reportsNotRead"] == 41 and counts["reportsNotRead"] > 0
     assert "newest" in card["summary"] and len(card["summary"]) < 140
     # the newest study was read: its synovitis reaches a pathway card
-    assert any("rep-99" in c.get("detail", "").replace("\\", "") for c in body["cards"] if c is not card)
+    # (report references are off the card face since issue 16: the card's provenance extension names them)
+    assert any("DiagnosticReport/rep-99" in str(c["extension"].get("org.msk-cds.provenance")) for c in body["cards"]
+               if c is not card)
 
 
 def test_a_chart_within_the_budget_gets_no_notice(app_factory):

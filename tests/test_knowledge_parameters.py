@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 import hooks.knowledge as knowledge_pkg
-from hooks.cards.render import CardContext, pathway_card
+from hooks.cards.plans import plan_pathway_card
+from hooks.cards.render import render
 from hooks.cards.suggestions import OrderContext
 from hooks.knowledge import KnowledgeError, load_yaml
+from hooks.knowledge.cards import card_wording
 from hooks.knowledge.clinical import clinical_knowledge
 from hooks.pathways import facts as facts_module
 from hooks.pathways.engine import assess
@@ -26,6 +28,7 @@ KNOWLEDGE = Path(knowledge_pkg.__file__).resolve().parent
 def _reset_caches() -> None:
     load_yaml.cache_clear()
     clinical_knowledge.cache_clear()
+    card_wording.cache_clear()
     facts_module._INDEX = None
 
 
@@ -54,9 +57,11 @@ def knowledge_copy(tmp_path, monkeypatch):
 def _cards(rec, fs):
     k = clinical_knowledge()
     facts = patient_facts(rec, NOW, k)
-    ctx = CardContext("hook-1", OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None))
+    octx = OrderContext("p1", "Practitioner/dr1", NOW, "proposal", None)
+    wording = card_wording()
     assessments = assess(fs, facts, k)
-    return facts, {a.pathway.id: (a, pathway_card(a, facts, ctx, k)) for a in assessments}
+    return facts, {a.pathway.id: (a, render(plan_pathway_card(a, fs, facts, "hook-1", octx, k, wording), k, wording,
+                                            "hook-1").to_json()) for a in assessments}
 
 
 def _orders(card):
@@ -85,7 +90,7 @@ def test_nsaid_failure_days_changed_in_one_place_is_followed_everywhere(knowledg
     start = (NOW - dt.timedelta(days=35)).date()
     assert facts.dates["nsaid_trial_due"] == (start + dt.timedelta(days=42)).isoformat()
     # the card text
-    assert "needs 42" in card["detail"] and "needs 28" not in card["detail"]
+    assert "at least 42 days" in card["detail"] and "28" not in card["detail"]
     # the order resource: the trial order lasts the trial (pathway A step 1 for an NSAID-naive patient)
     _, cards = _cards(record(), findings("si_joint_synovitis"))
     orders = _orders(cards["axspa_si_synovitis"][1])
@@ -100,7 +105,7 @@ def test_a_threshold_in_a_condition_and_its_card_text_follow_the_parameter(knowl
     _, cards = _cards(_on_naproxen_35_days(), findings("active_sacroiliitis"))
     a, card = cards["refractory_sacroiliitis"]
     assert a.step.id == "criteria_not_met"                                 # 7/10 is no longer > 7
-    assert "pain > 7/10" in card["detail"] and "> 4/10" not in card["detail"].split("Next steps")[0]
+    assert "above 7/10" in card["detail"] and "4/10" not in card["detail"]
 
 
 def test_a_dose_changed_with_its_product_changes_the_order_and_its_text(knowledge_copy):

@@ -1,8 +1,8 @@
 """Protocol conformance: what the service hands a hook handler (typed record, unavailable keys, evaluation time,
 context) and what it returns from it (cards as produced, systemActions only when there are some).
 
-A probe service is declared through the real registry (the way a fourth service would be added in hooks/) and
-removed afterwards.
+A probe service is declared on its handler and handed to the app in a ServiceRegistry beside the product's own
+(the way a fourth service would be added in hooks/).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from conftest import FHIR_BASE, complete_prefetch
 from hooks import registry
 from hooks.model import HookResult
+from hooks.services import default_registry
 
 PROBE_ID = "protocol-probe"
 PATH = f"/cds-services/{PROBE_ID}"
@@ -45,13 +46,19 @@ def probe_service():
         actions = (_action(),) if request.context.get("encounterId") == "with-actions" else ()
         return HookResult(cards=(_card(),), system_actions=actions)
 
-    yield
-    registry._REGISTRY.pop(PROBE_ID, None)
+    services = default_registry()
+    services.register(probe.cds_service)
+    return services
+
+
+@pytest.fixture
+def app(app_factory, probe_service):
+    return app_factory(services=probe_service)
 
 
 def test_handler_gets_a_typed_record_and_the_unavailable_keys(app_factory, cds_request, probe_service, fhir_server,
                                                              conformant):
-    app = app_factory(FIXED_NOW="2026-03-04T05:06:07Z")
+    app = app_factory(services=probe_service, FIXED_NOW="2026-03-04T05:06:07Z")
     fhir_server.mock.get(f"{FHIR_BASE}/Practitioner/prac-1", status=500)
     body = cds_request("patient-view", prefetch={"patient": complete_prefetch()["patient"]}, fhir_server=FHIR_BASE)
     body["context"]["encounterId"] = "enc-1"

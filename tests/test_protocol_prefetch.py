@@ -10,13 +10,13 @@ import pytest
 import responses
 
 from conftest import FHIR_BASE, PATIENT_ID, complete_prefetch, patient, searchset
-from hooks.registry import registered_services
+from hooks.services import default_registry
 from service import prefetch as prefetch_module
 from service.hookcall import validate_call
 from service.templates import TemplateError, render, token_values
 
 PV = "/cds-services/msk-imaging-patient-view"
-DEFINITION = registered_services()["msk-imaging-patient-view"]
+DEFINITION = default_registry()["msk-imaging-patient-view"]
 OPTIONAL_KEYS = ("medicationRequests", "medicationStatements", "observations", "allergies")
 
 

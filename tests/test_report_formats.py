@@ -18,12 +18,12 @@ from conftest import FHIR_BASE, PATIENT_ID, complete_prefetch, searchset
 from hooks.findings import extract_findings
 from hooks.findings.report import clear_caches
 from hooks.record import PatientRecord
-from hooks.registry import registered_services
+from hooks.services import default_registry
 from service import prefetch as prefetch_module
 from service.hookcall import validate_call
 
 PV = "/cds-services/msk-imaging-patient-view"
-DEFINITION = registered_services()["msk-imaging-patient-view"]
+DEFINITION = default_registry()["msk-imaging-patient-view"]
 NOW = dt.datetime.now(dt.timezone.utc)
 DATE = (NOW - dt.timedelta(days=4)).date().isoformat()
 LOINC = "http://loinc.org"

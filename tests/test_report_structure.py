@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hooks.cards.build import patient_view_cards
+from hooks.pipeline import patient_view_cards
 from hooks.findings import extract_findings
 from hooks.findings.sections import split_sections
 from hooks.record import PatientRecord

@@ -414,7 +414,8 @@ def test_order_sign_does_not_repeat_the_order_select_card_for_the_same_draft(sce
 def test_suggested_orders_are_draft_coded_dosed_and_reasoned_from_this_record(name: str) -> None:
     """Issue 4: MedicationRequests are drafts with an RxNorm code, a dosage and a reasonReference; ServiceRequests are
     drafts with a reasonReference; both for this patient, and every reason points at a resource of the request.
-    Alternatives (at-most-one, more than one suggestion) carry exactly one isRecommended."""
+    Alternatives carry at most one isRecommended, and none where the guideline prefers none (issue 16: CDS Hooks 2.0
+    makes it optional; "TNF inhibitor, none preferred" must not mark one)."""
     _, hook, request = REQUESTS[name]
     _, body = run(name)
     patient = f"Patient/{request['context']['patientId']}"
@@ -426,10 +427,9 @@ def test_suggested_orders_are_draft_coded_dosed_and_reasoned_from_this_record(na
     for card in cards_of(body):
         rule = extension(card, "org.msk-cds.rule")
         suggestions = card.get("suggestions") or ()
-        if card.get("selectionBehavior") == "at-most-one" and len(suggestions) > 1:
-            recommended = sum(1 for s in suggestions if s.get("isRecommended"))
-            if recommended != 1:
-                problems.append(f"{rule}: {recommended} recommended alternatives, expected 1")
+        recommended = sum(1 for s in suggestions if s.get("isRecommended"))
+        if recommended > 1:
+            problems.append(f"{rule}: {recommended} recommended alternatives, expected at most 1")
         for suggestion in suggestions:
             for resource in _created_resources(suggestion):
                 where = f"{rule}: {resource['resourceType']}"

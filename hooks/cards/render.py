@@ -1,27 +1,37 @@
-"""CDS Hooks cards from assessments: summary, GFM detail (findings with source, where the patient is, next steps,
-safety, suggested orders, evidence), source, links, suggestions and the org.msk-cds extension."""
+"""The one card renderer: a `CardPlan` (what one card says, as data) -> a frozen `Card` within the card budget.
+
+The card face is our own wording from the knowledge files filled with values we computed (numbers, dates, names
+from the knowledge); the one piece of text taken from a request, a draft order's own name, is Markdown-escaped.
+
+Pathway cards (patient-view) and draft-order cards (order-select, order-sign) are planned in hooks/cards/plans.py
+and rendered here. The wording comes from knowledge/cards.yaml; provenance (findings with their sources and
+sentences, facts, flags, rule, step, knowledge version and review status) goes to the `org.msk-cds.provenance`
+extension, never on the card face.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from hooks.cards import markdown as md
-from hooks.cards.suggestions import OrderContext, create, medication_request, service_request, unverified_codes
-from hooks.knowledge import KnowledgeError, knowledge_version, load_yaml
-from hooks.knowledge.clinical import ClinicalKnowledge, Pathway
-from hooks.model import Finding
-from hooks.pathways.engine import Assessment, MedicationOption
-from hooks.pathways.facts import PatientFacts
+from hooks.knowledge import knowledge_version
+from hooks.knowledge.cards import CardsFile, RuleWording, parameters
+from hooks.knowledge.clinical import ClinicalKnowledge, Source
+from hooks.model import Card, CardSource, Finding, FindingSet, Link, ReportFacts, Suggestion
 
-
-@dataclass(frozen=True)
-class CardContext:
-    """What rendering needs from the request."""
-
-    hook_instance: str
-    orders: OrderContext
+SUMMARY_MAX = 139            # CDS Hooks: "<140 characters"
+DETAIL_MAX = 600
+LABEL_MAX = 80
+MAX_REASONS = 3
+MAX_LINKS = 3
+# Extension keys (reverse-domain, CDS Hooks 2.0 extensions): written once here.
+RULE_KEY = "org.msk-cds.rule"
+PATHWAY_KEY = "org.msk-cds.pathway"
+VERSION_KEY = "org.msk-cds.knowledge-version"
+DEDUPE_KEY = "org.msk-cds.dedupe-key"
+PROVENANCE_KEY = "org.msk-cds.provenance"
 
 
 def card_uuid(hook_instance: str, rule: str, index: int | str) -> str:
@@ -29,257 +39,239 @@ def card_uuid(hook_instance: str, rule: str, index: int | str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"msk-cds:{hook_instance}:{rule}:{index}"))
 
 
-@lru_cache(maxsize=1)
-def _concept_labels() -> dict[str, str]:
+@dataclass(frozen=True)
+class CardPlan:
+    """Everything one card says, as data; `render` turns it into a Card. Reasons are plain clinical sentences,
+    most decisive first (the renderer keeps what fits the budget; all of them stay in the provenance)."""
+
+    rule: str
+    pathway: str
+    step: str | None
+    indicator: str
+    wording: RuleWording
+    values: Mapping[str, str]
+    findings: tuple[Finding, ...]
+    reports: tuple[ReportFacts, ...]
+    fallback_finding: str | None                 # what the card is about when no finding is shown (a diagnosis)
+    reasons: tuple[str, ...]
+    suggestions: tuple[Suggestion, ...]
+    selection_behavior: str | None
+    dedupe_key: str
+    topic: Mapping[str, str] | None
+    draft: str | None = None                     # the draft order's name (escaped when rendered)
+    draft_reference: str | None = None
+    caution: str | None = None                   # overrides the wording's caution (e.g. STIR without T1)
+    summary: str | None = None                   # a template overriding the wording's summary (alternatives, blocked)
+    step_text: str | None = None                 # a template overriding the wording's step (the offered alternative)
+    extra_citations: tuple[str, ...] = ()        # citations of the safety flags shown
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    override_reasons: tuple[Mapping[str, str], ...] = ()
+    decisive: tuple[str, ...] = ()               # concepts the step or pathway entry names: shown first
+
+
+    def decisive_groups(self) -> tuple[frozenset[str], ...]:
+        return (frozenset(self.decisive[:self.decisive.index("|")]) if "|" in self.decisive else frozenset(),
+                frozenset(c for c in self.decisive if c != "|"))
+
+
+# ------------------------------------------------------------------------------------------------ plain words
+def fill(template: str, values: Mapping[str, Any], k: ClinicalKnowledge) -> str:
+    """A cards.yaml template with facts, dates and {param.NAME} filled ("unknown" for a missing fact)."""
+    class _Values(dict):
+        def __missing__(self, key: str) -> str:
+            return "unknown"
+
+    return template.format_map(_Values(values, param=parameters(k)))
+
+
+def plain_date(iso: str | None) -> str | None:
+    if not iso:
+        return None
     try:
-        data = load_yaml("concepts.yaml")
-    except KnowledgeError:          # without the concept file, labels come from the concept ids
-        return {}
-    concepts = data.get("concepts") if isinstance(data, Mapping) else None
-    items = concepts.items() if isinstance(concepts, Mapping) else (
-        ((c.get("id"), c) for c in concepts if isinstance(c, Mapping)) if isinstance(concepts, list) else ())
-    out = {}
-    for key, value in items:
-        if isinstance(value, Mapping):
-            label = value.get("label") or value.get("display") or value.get("name")
-            if isinstance(key, str) and isinstance(label, str):
-                out[key] = label
-    return out
+        day = dt.date.fromisoformat(iso[:10])
+    except ValueError:
+        return None
+    return f"{day.day} {day:%B} {day.year}"
 
 
-def finding_label(concept: str) -> str:
-    return _concept_labels().get(concept) or concept.replace("_", " ").capitalize()
+def finding_name(concept: str, cards: CardsFile) -> str:
+    return cards.findings.get(concept) or concept.replace("_", " ")
 
 
-def finding_line(f: Finding, k: ClinicalKnowledge) -> str:
-    text = k.pathway_file.card_text
-    qualifiers = [q for q in (f.laterality, f.severity, f.site and f.site.replace("_", " ")) if q]
-    if f.depth_mm is not None:
-        qualifiers.append(f"{f.depth_mm:g} mm deep")
-    label = finding_label(f.concept)
-    if f.certainty == "negated":
-        label += f": {text.absent}"
-    elif f.certainty == "uncertain":
-        label += f" ({text.uncertain})"
-    line = md.escape(label + (", " + ", ".join(qualifiers) if qualifiers else ""))
-    line += f" ({md.escape(f.source.reference)})"
-    if f.source.text:
-        line += f": \u201c{md.escape(f.source.text, 240)}\u201d"
-    return line
+def study_name(report: ReportFacts | None, cards: CardsFile) -> str:
+    lay = cards.layout
+    date = plain_date(report.issued if report else None)
+    if report is None or date is None:
+        return lay.study_undated
+    modality = cards.modalities.get(report.modality or "")
+    region = cards.regions.get(report.region or "")
+    if not modality or not region:
+        return lay.study_unknown.format(date=date)
+    return lay.study.format(modality=modality, region=region, date=date)
 
 
-def evidence_extension(findings: Iterable[Finding], facts: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def main_findings(plan: CardPlan, cards: CardsFile) -> tuple[list[str], Finding | None]:
+    """The names of the findings the card is about (from the newest study that shows them) and that finding."""
+    lay = cards.layout
+    shown = [f for f in plan.findings if f.certainty != "negated" and not f.historical]
+    for group in plan.decisive_groups():
+        named = [f for f in shown if f.concept in group]
+        if named:
+            shown = named
+            break
+    if not shown:
+        return [], None
+    reports = {r.reference: r for r in plan.reports}
+    newest = max(shown, key=lambda f: (reports[f.source.reference].issued or "") if f.source.reference in reports else "")
+    same = [f for f in shown if f.source.reference == newest.source.reference]
+    names: list[str] = []
+    for f in same:
+        name = finding_name(f.concept, cards)
+        name = lay.possible.format(finding=name) if f.certainty == "uncertain" else name
+        if name not in names:
+            names.append(name)
+    return names, newest
+
+
+def finding_line(plan: CardPlan, cards: CardsFile) -> str | None:
+    """The finding the card is about, in plain words, with its study and date."""
+    lay = cards.layout
+    names, newest = main_findings(plan, cards)
+    if newest is None:
+        return lay.finding_coded.format(finding=_capital(plan.fallback_finding)) if plan.fallback_finding else None
+    reports = {r.reference: r for r in plan.reports}
+    where = [q for q in (newest.laterality, cards.sites.get(newest.site or "")) if q]
+    text = ", ".join(names[:3]) + (f" ({' '.join(where)})" if where else "")
+    if newest.source.reference.startswith("Condition/"):
+        return lay.finding_coded.format(finding=_capital(text))
+    return lay.finding.format(finding=_capital(text), study=study_name(reports.get(newest.source.reference), cards))
+
+
+def short(text: str, limit: int) -> str:
+    """Cut at a word boundary, with an ellipsis, only when over the limit."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "…"
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def card_sources(plan: CardPlan, k: ClinicalKnowledge) -> list[Source]:
+    """The evidence for this card's recommendation: its rule's sources, then the shown safety flags' citations."""
+    ids = list(dict.fromkeys([*plan.wording.sources, *plan.extra_citations]))
+    return [k.evidence[i] for i in ids if i in k.evidence]
+
+
+def source_of(plan: CardPlan, k: ClinicalKnowledge, cards: CardsFile) -> CardSource:
+    primary = card_sources(plan, k)[0]
+    return CardSource(label=cards.layout.source_label.format(label=primary.label), url=primary.url, topic=plan.topic)
+
+
+def links_of(plan: CardPlan, k: ClinicalKnowledge) -> tuple[Link, ...]:
+    out: list[Link] = []
+    for s in card_sources(plan, k):
+        if s.url and len(out) < MAX_LINKS and all(link.url != s.url for link in out):
+            out.append(Link(label=s.label, url=s.url))
+    return tuple(out)
+
+
+def review_status(sources: Iterable[Source]) -> dict[str, Any]:
+    """Governance view of the knowledge behind a card: unverified if any cited source is."""
+    items = [{"source": s.id, "status": s.status, "match": s.match} for s in sources]
+    return {"status": "verified" if all(i["status"] == "verified" for i in items) else "unverified",
+            "sources": items}
+
+
+# ------------------------------------------------------------------------------------------------ the renderer
+def render(plan: CardPlan, k: ClinicalKnowledge, cards: CardsFile, hook_instance: str) -> Card:
+    lay = cards.layout
+    values = dict(plan.values)
+    names, _ = main_findings(plan, cards)
+    values["finding"] = _capital(names[0] if names else (plan.fallback_finding or ""))
+    summary = short(fill(plan.summary or plan.wording.summary or "", values, k), SUMMARY_MAX)
+    head = [line for line in (finding_line(plan, cards),
+                              lay.draft.format(draft=md.escape(plan.draft, 120)) if plan.draft else None,
+                              lay.step.format(step=short(fill(plan.step_text or plan.wording.step, values, k), 220))) if line]
+    caution_text = plan.caution or (fill(plan.wording.caution, values, k) if plan.wording.caution else None)
+    tail = lay.caution.format(caution=short(caution_text, 160)) if caution_text else ""
+    reasons: list[str] = []
+    for reason in dict.fromkeys(plan.reasons):
+        if len(reasons) == MAX_REASONS:
+            break
+        candidate = "- " + short(reason, 160)
+        if len(_detail(head, [*reasons, candidate], tail)) <= DETAIL_MAX:
+            reasons.append(candidate)
+    detail = _detail(head, reasons, tail)
+    sources = card_sources(plan, k)
+    provenance = dict(plan.provenance)
+    provenance.update({
+        "rule": plan.rule, "pathway": plan.pathway, "knowledge": {
+            "version": knowledge_version(), "review": review_status(sources)},
+        "citations": [s.id for s in sources],
+        "reasons": list(dict.fromkeys(plan.reasons)),
+    })
+    if plan.step:
+        provenance["step"] = plan.step
+    extension: dict[str, Any] = {
+        RULE_KEY: plan.rule, PATHWAY_KEY: plan.pathway, VERSION_KEY: knowledge_version(),
+        DEDUPE_KEY: plan.dedupe_key, PROVENANCE_KEY: compact(provenance),
+    }
+    return Card(
+        uuid=card_uuid(hook_instance, plan.dedupe_key.split("|Patient/")[0], "card"),
+        summary=summary,
+        indicator=plan.indicator,  # type: ignore[arg-type]
+        detail=detail,
+        source=source_of(plan, k, cards),
+        extension=extension,
+        suggestions=plan.suggestions,
+        selection_behavior=plan.selection_behavior if plan.suggestions else None,  # type: ignore[arg-type]
+        override_reasons=plan.override_reasons if plan.indicator != "info" else (),
+        links=links_of(plan, k),
+    )
+
+
+def compact(value: Any) -> Any:
+    """Without null or empty values at any depth (CDS Hooks 2.0 forbids them in the response)."""
+    if isinstance(value, Mapping):
+        out = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, (list, tuple)):
+        items = [compact(v) for v in value]
+        return [v for v in items if v not in (None, "", [], {})]
+    return value
+
+
+def _detail(head: list[str], reasons: list[str], tail: str) -> str:
+    parts = ["\n\n".join(head)]
+    if reasons:
+        parts.append("\n".join(reasons))
+    if tail:
+        parts.append(tail)
+    return "\n\n".join(parts)
+
+
+def findings_provenance(findings: Iterable[Finding], reports: FindingSet | tuple[ReportFacts, ...]) -> list[dict]:
+    """Each finding with its source resource, element and sentence (the EHR's own text, for integrators)."""
+    out = []
     for f in findings:
-        item: dict[str, Any] = {"reference": f.source.reference, "finding": f.concept, "certainty": f.certainty,
+        item: dict[str, Any] = {"concept": f.concept, "certainty": f.certainty, "reference": f.source.reference,
                                 "kind": f.source.kind}
         for key in ("site", "laterality", "severity"):
             if getattr(f, key):
                 item[key] = getattr(f, key)
+        if f.historical:
+            item["historical"] = True
+        if f.source.element:
+            item["element"] = f.source.element
+        if f.source.code:
+            item["code"] = f.source.code
+        if f.source.text:
+            # the report's sentence, Markdown- and HTML-escaped like any report text we pass on (an integrator may
+            # display it)
+            item["text"] = md.escape(f.source.text, 500)
         out.append(item)
-    for name, ref in facts:
-        out.append({"reference": ref, "fact": name})
     return out
-
-
-def extension(rule: str, pathway: str, evidence: list[dict[str, Any]], dedupe_key: str) -> dict[str, Any]:
-    ext: dict[str, Any] = {
-        "org.msk-cds.rule": rule,
-        "org.msk-cds.pathway": pathway,
-        "org.msk-cds.knowledge-version": knowledge_version(),
-        "org.msk-cds.dedupe-key": dedupe_key,
-    }
-    if evidence:
-        ext["org.msk-cds.evidence"] = evidence
-    return ext
-
-
-def evidence_section(citations: Iterable[str], k: ClinicalKnowledge) -> list[str]:
-    text = k.pathway_file.card_text
-    lines = []
-    for cid in dict.fromkeys(citations):
-        source = k.evidence[cid]
-        label = md.link(source.label, source.url) if source.url else md.escape(source.label)
-        lines.append(text.evidence_line.format(link=label, citation=md.escape(source.citation),
-                                               status=source.status, match=source.match))
-    return lines
-
-
-def links(citations: Iterable[str], k: ClinicalKnowledge) -> list[dict[str, str]]:
-    out = []
-    for cid in dict.fromkeys(citations):
-        source = k.evidence[cid]
-        if source.url:
-            out.append({"label": source.label, "url": source.url, "type": "absolute"})
-    return out
-
-
-def source(pathway: Pathway, k: ClinicalKnowledge) -> dict[str, Any]:
-    primary = next((k.evidence[c] for c in pathway.evidence if k.evidence[c].url), k.evidence[pathway.evidence[0]])
-    out: dict[str, Any] = {"label": k.pathway_file.card_text.source_label.format(label=primary.label),
-                           "topic": pathway.topic.fhir()}
-    if primary.url:
-        out["url"] = primary.url
-    return out
-
-
-def override_reasons(k: ClinicalKnowledge) -> list[dict[str, str]]:
-    system = k.safety.override_system
-    return [{"system": system, "code": r.code, "display": r.display} for r in k.safety.override_reasons]
-
-
-def reason_reference(pathway: Pathway, findings: Iterable[Finding], facts: PatientFacts) -> str | None:
-    """The Condition that supports the pathway, else the report of its first affirmed finding."""
-    for value_set in pathway.reason_conditions:
-        refs = facts.conditions.get(value_set)
-        if refs:
-            return refs[0]
-    for f in findings:
-        if f.active and f.source.reference.startswith(("DiagnosticReport/", "Condition/")):
-            return f.source.reference
-    return None
-
-
-def _drug_label(option: MedicationOption, k: ClinicalKnowledge) -> str:
-    return k.drugs[option.drug].dosing[option.dosing].text
-
-
-def medication_suggestion(option: MedicationOption, ctx: OrderContext, k: ClinicalKnowledge, hook_instance: str,
-                          rule: str, index: int, companions: Iterable[str] = (), priority: str = "routine",
-                          pre_actions: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """One suggestion: the drug plus its companions (physiotherapy, PPI, screening tests): actions are AND-ed."""
-    text = k.pathway_file.card_text
-    actions = list(pre_actions)
-    extras: list[str] = []
-    if option.safety.hold:
-        # the tests come first; the drug is ordered once their results are known
-        for service_id in option.safety.add_services:
-            service = k.services.services[service_id]
-            actions.append(create(service_request(service_id, ctx, k, priority), service.text))
-            extras.append(service.text)
-        label = text.held.format(items="; ".join(extras), drug=k.drugs[option.drug].name)
-        suggestion = {"label": label[:300], "uuid": card_uuid(hook_instance, rule, f"s{index}"), "actions": actions}
-        if option.recommended:
-            suggestion["isRecommended"] = True
-        return suggestion
-    mr = medication_request(option.drug, option.dosing, ctx, k, text.reassess_note)
-    actions.append(create(mr, _drug_label(option, k)))
-    for drug_id, dosing_key in option.safety.add_drugs:
-        extra = medication_request(drug_id, dosing_key, ctx, k, text.reassess_note)
-        actions.append(create(extra, k.drugs[drug_id].dosing[dosing_key].text))
-        extras.append(k.drugs[drug_id].name)
-    for service_id in (*option.safety.add_services, *companions):
-        service = k.services.services[service_id]
-        actions.append(create(service_request(service_id, ctx, k, priority), service.text))
-        extras.append(service.text)
-    label = k.drugs[option.drug].name.capitalize() + (text.suggestion_extra.format(items="; ".join(extras)) if extras else "")
-    suggestion: dict[str, Any] = {"label": label[:300], "uuid": card_uuid(hook_instance, rule, f"s{index}"),
-                                  "actions": actions}
-    if option.recommended:
-        suggestion["isRecommended"] = True
-    return suggestion
-
-
-def service_suggestion(service_id: str, ctx: OrderContext, k: ClinicalKnowledge, hook_instance: str, rule: str,
-                       index: int, priority: str = "routine") -> dict[str, Any]:
-    service = k.services.services[service_id]
-    return {"label": service.text, "uuid": card_uuid(hook_instance, rule, f"s{index}"),
-            "actions": [create(service_request(service_id, ctx, k, priority), service.text)]}
-
-
-def _safety_lines(a: Assessment, k: ClinicalKnowledge, facts: PatientFacts) -> list[str]:
-    text = k.pathway_file.card_text
-    lines: list[str] = []
-    seen: set[str] = set()
-    for option in a.options:
-        for flag in option.safety.flags:
-            key = flag.text
-            if key in seen:
-                continue
-            seen.add(key)
-            refs = f" ({md.escape(', '.join(flag.sources))})" if flag.sources else ""
-            lines.append(flag.text + refs)
-    for option in (*a.blocked, *a.withheld):
-        reasons = "; ".join(f.text for f in option.safety.flags if f.effect in ("block", "withhold"))
-        lines.append(text.withheld.format(drug=k.drugs[option.drug].name.capitalize(), reasons=reasons))
-    for drug_id in a.already_on:
-        refs = [e.reference for e in facts.exposures if e.drug == drug_id and e.current]
-        lines.append(text.already_on.format(drug=k.drugs[drug_id].name, reference=md.escape(", ".join(refs))))
-    return lines
-
-
-def pathway_card(a: Assessment, facts: PatientFacts, cctx: CardContext, k: ClinicalKnowledge) -> dict[str, Any]:
-    """The patient-view card of one assessment."""
-    text = k.pathway_file.card_text
-    step, pathway, rule = a.step, a.pathway, a.rule
-    values = a.text_values
-
-    reason = reason_reference(pathway, a.findings, facts)
-    octx = OrderContext(cctx.orders.patient_id, cctx.orders.user, cctx.orders.now, cctx.orders.intent, reason)
-    suggestions: list[dict[str, Any]] = []
-    companions = list(a.companions)
-    held_seen: set[tuple[str, ...]] = set()
-    for i, option in enumerate(a.options):
-        if option.safety.hold:
-            # the same tests come first for every alternative: one suggestion orders them
-            if option.safety.add_services in held_seen:
-                continue
-            held_seen.add(option.safety.add_services)
-        suggestions.append(medication_suggestion(option, octx, k, cctx.hook_instance, rule, i, companions,
-                                                 step.service_priority))
-    if not a.options:
-        # already on the drug, or every drug withheld by a safety check: the step's other orders still stand
-        services = list(step.services) + ([s for s in companions if s not in step.services]
-                                          if a.already_on or a.blocked else [])
-        for i, service_id in enumerate(services):
-            suggestions.append(service_suggestion(service_id, octx, k, cctx.hook_instance, rule, i,
-                                                  step.service_priority))
-
-    where_lines = [f"{md.escape(r.label)}: {md.escape(r.value)}"
-                   + (f" ({md.escape(', '.join(r.sources))})" if r.sources else "") for r in a.reasons]
-    if a.unknown:
-        where_lines.append(text.unknown.format(items=", ".join(a.unknown)))
-    order_lines = []
-    for s in suggestions:
-        recommended = text.recommended if s.get("isRecommended") else ""
-        order_lines.append(md.escape(s["label"]) + recommended)
-    unverified = sorted({c for s in suggestions for act in s["actions"] for c in unverified_codes(act["resource"])})
-    if unverified:
-        order_lines.append(text.unverified.format(codes=md.escape("; ".join(unverified))))
-    detail = "\n".join(part for part in (
-        md.section(text.findings, [finding_line(f, k) for f in a.findings]),
-        f"**{text.where}**: {step.title}\n\n{step.where.format_map(values)}\n",
-        md.section(text.where + " (facts)", where_lines) if where_lines else "",
-        md.section(text.next, list(step.next)),
-        md.section(text.safety, _safety_lines(a, k, facts)),
-        md.section(text.orders, order_lines),
-        md.section(text.notes, list(a.notes)),
-        md.section(text.evidence, evidence_section(a.citations, k)),
-        f"_{k.pathway_file.advice_footer}_",
-    ) if part)
-
-    fact_refs = [(r.fact, ref) for r in a.reasons for ref in r.sources[:3]]
-    summary, indicator = (a.summary or step.summary).format_map(values), step.indicator
-    if a.blocked and not a.options:
-        summary = text.all_blocked.format(title=pathway.title)
-        indicator = "warning" if indicator == "info" else indicator
-    if any(o.safety.warns for o in a.options):
-        indicator = "warning" if indicator == "info" else indicator
-    card: dict[str, Any] = {
-        "uuid": card_uuid(cctx.hook_instance, rule, "card"),
-        "summary": summary[:139],
-        "indicator": indicator,
-        "detail": detail,
-        "source": source(pathway, k),
-        "extension": extension(rule, pathway.id, evidence_extension(a.findings, fact_refs),
-                               f"{rule}|Patient/{cctx.orders.patient_id}"),
-    }
-    if suggestions:
-        card["suggestions"] = suggestions
-        card["selectionBehavior"] = "at-most-one" if a.options else "any"
-    if indicator != "info":
-        card["overrideReasons"] = override_reasons(k)
-    card_links = links(a.citations, k)
-    if card_links:
-        card["links"] = card_links
-    return card

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hooks.cards.render import CardContext, pathway_card
+from hooks.cards.plans import plan_pathway_card
+from hooks.cards.render import render
 from hooks.cards.suggestions import OrderContext
+from hooks.knowledge.cards import card_wording
 from hooks.knowledge.clinical import clinical_knowledge
 from hooks.model import Evidence, Finding, FindingSet
 from hooks.pathways.engine import assess
@@ -28,6 +30,7 @@ def warm_up() -> None:
     record = PatientRecord.from_prefetch(_SAMPLE)
     facts = patient_facts(record, now, k)
     findings = FindingSet((Finding("active_sacroiliitis", "affirmed", Evidence("DiagnosticReport/warmup", "text")),))
-    ctx = CardContext("warmup", OrderContext("warmup", "Practitioner/warmup", now, "proposal", None))
+    octx = OrderContext("warmup", "Practitioner/warmup", now, "proposal", None)
+    cards = card_wording()
     for assessment in assess(findings, facts, k):
-        pathway_card(assessment, facts, ctx, k)
+        render(plan_pathway_card(assessment, findings, facts, "warmup", octx, k, cards), k, cards, "warmup")

@@ -275,8 +275,8 @@ def render(plan: Plan, facts: list[tuple[str, str]], r: dict[str, Any]) -> str:
         "(nothing wrapped, no production code changed): `parse_json` -> `validate_call` -> `prefetch.resolve` "
         "(every key present, nothing fetched) -> `PatientRecord.from_prefetch` + `of_type` for every type present "
         "-> clinical stages -> `ledger.after_handler` -> `json_response`. "
-        + ("The clinical stages are those hooks/cards/build.py composes for patient-view: `extract_findings`, "
-           "`patient_facts` + `assess` (assessment), `pathway_card` per assessment (cards, including the R4B "
+        + ("The clinical stages are those hooks/pipeline.py composes for patient-view: `extract_findings`, "
+           "`patient_facts` + `assess` (assessment), `plan_pathway_card` + `render` per assessment (cards, including the R4B "
            "suggestion resources); on the typical chart they give the same cards as the handler: "
            f"**{r.get('stages_match_handler')}**." if "cards" in r["stage_entry"] else
            "Not every clinical stage has a public entry point yet (found: "

@@ -27,17 +27,23 @@ def _optional(module: str, name: str) -> Callable[..., Any] | None:
 
 
 def _patient_view_cards() -> Callable[..., Any] | None:
-    """patient-view's card step as hooks/cards/build.py composes it: one pathway card per assessment."""
-    context = _optional("hooks.cards.build", "_context")
-    pathway_card = _optional("hooks.cards.render", "pathway_card")
+    """patient-view's card step as hooks/pipeline.py composes it: one planned and rendered card per assessment."""
+    plan = _optional("hooks.cards.plans", "plan_pathway_card")
+    render_card = _optional("hooks.cards.render", "render")
+    wording = _optional("hooks.knowledge.cards", "card_wording")
+    context = _optional("hooks.pipeline", "_orders_context")
     knowledge = _optional("hooks.knowledge.clinical", "clinical_knowledge")
-    if not (context and pathway_card and knowledge):
+    if not (plan and render_card and wording and context and knowledge):
         return None
 
-    def render(request: Any, facts: Any, assessments: Any) -> list[Any]:
-        k = knowledge()
-        cctx = context(request, "proposal")
-        return [pathway_card(a, facts, cctx, k) for a in assessments]
+    def render(request: Any, facts: Any, assessments: Any, findings: Any = None) -> list[Any]:
+        from hooks.model import FindingSet
+
+        k, cards = knowledge(), wording()
+        octx = context(request, "proposal")
+        found = findings if findings is not None else FindingSet()
+        return [render_card(plan(a, found, facts, request.hook_instance, octx, k, cards), k, cards,
+                            request.hook_instance) for a in assessments]
 
     return render
 
@@ -99,13 +105,14 @@ class _Lap:
 
 def _run_once(app: Any, hook: str, body: bytes, entry: ClinicalEntryPoints, series: dict[str, Series]) -> None:
     from hooks.record import PatientRecord
-    from hooks.registry import HookRequest, registered_services
+    from hooks.registry import HookRequest
+    from hooks.services import default_registry
     from service import ledger, prefetch
     from service.cds import evaluation_time, json_response
     from service.hookcall import validate_call
     from service.jsonbody import parse_json
 
-    definition = registered_services()[workload.SERVICE_IDS[hook]]
+    definition = default_registry()[workload.SERVICE_IDS[hook]]
     lap = _Lap(series)
     with app.app_context():
         lap.start()
@@ -134,9 +141,9 @@ def _run_once(app: Any, hook: str, body: bytes, entry: ClinicalEntryPoints, seri
             facts = entry.patient_facts(record, request.now)
             assessments = entry.assess(findings, facts)
             lap("assessment")
-            # patient-view answers nothing without an active finding (hooks/cards/build.py does the same)
+            # patient-view answers nothing without an active finding (hooks/pipeline.py does the same)
             active = any(f.active for f in findings.findings)
-            cards = entry.render_cards(request, facts, assessments) if active else []
+            cards = entry.render_cards(request, facts, assessments, findings) if active else []
             lap("cards")
             system_actions: tuple = ()
         else:
@@ -176,13 +183,14 @@ def same_answer_as_handler(app: Any, body: bytes, entry: ClinicalEntryPoints) ->
     if not entry.complete:
         return None
     from hooks.record import PatientRecord
-    from hooks.registry import HookRequest, registered_services
+    from hooks.registry import HookRequest
+    from hooks.services import default_registry
     from service import prefetch
     from service.cds import evaluation_time
     from service.hookcall import validate_call
     from service.jsonbody import parse_json
 
-    definition = registered_services()[workload.SERVICE_IDS["patient-view"]]
+    definition = default_registry()[workload.SERVICE_IDS["patient-view"]]
     with app.app_context():
         call = validate_call(parse_json(body, 64), definition.hook)
         resolved = prefetch.resolve(definition, call)
@@ -200,5 +208,5 @@ def same_answer_as_handler(app: Any, body: bytes, entry: ClinicalEntryPoints) ->
         req = request()
         findings = entry.extract_findings(req.record)
         facts = entry.patient_facts(req.record, req.now)
-        staged = key(entry.render_cards(req, facts, entry.assess(findings, facts)))
+        staged = key(c.to_json() for c in entry.render_cards(req, facts, entry.assess(findings, facts), findings))
     return handler_cards == staged
