@@ -20,6 +20,7 @@ from hooks.findings.report import clear_caches
 from hooks.record import PatientRecord
 from hooks.services import default_registry
 from service import prefetch as prefetch_module
+from service.logs import JsonLineFormatter
 from service.hookcall import validate_call
 
 PV = "/cds-services/msk-imaging-patient-view"
@@ -197,8 +198,20 @@ def test_pdf_and_images_are_counted_and_named_in_the_log_never_an_error(client, 
         response = client.post(PV, json=cds_request("patient-view", prefetch=prefetch))
     assert response.status_code == 200 and response.get_json()["cards"] == []
     logged = [r for r in caplog.records if r.getMessage() == "report_attachments_not_read"]
-    assert logged and logged[0].attachments_not_read == {"application/pdf": 2, "image/jpeg": 1}
+    assert logged and logged[0].count == 3 and logged[0].reason == "application/pdf=2 image/jpeg=1"
+    line = json.loads(JsonLineFormatter().format(logged[0]))       # what the service's log really writes
+    assert line["count"] == 3 and line["reason"] == "application/pdf=2 image/jpeg=1"
     assert "sacroiliitis" not in caplog.text
+
+
+def test_a_content_type_that_is_not_a_media_type_is_not_written_to_the_log(client, cds_request, caplog):
+    prefetch = complete_prefetch()
+    prefetch["reports"] = searchset([diagnostic_report("r", presentedForm=[
+        {"contentType": "Jane Doe DOB 1980-01-01", "data": b64("x")}])])
+    with caplog.at_level(logging.INFO, logger="hooks.findings"):
+        assert client.post(PV, json=cds_request("patient-view", prefetch=prefetch)).status_code == 200
+    logged = [r for r in caplog.records if r.getMessage() == "report_attachments_not_read"]
+    assert logged and logged[0].reason == "other=1" and "Jane" not in caplog.text
 
 
 @pytest.mark.parametrize("content_type, data", [

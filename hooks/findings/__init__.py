@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Iterator
@@ -22,6 +23,8 @@ from hooks.record import PatientRecord
 
 logger = logging.getLogger(__name__)
 LOINC = "http://loinc.org"
+# what may be named in the log: a media type's shape or our own labels ("url-only", "no-data"); anything else "other"
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,40}(?:/[a-z0-9][a-z0-9.+-]{0,60})?")
 
 __all__ = [
     "Concept",
@@ -67,10 +70,14 @@ def extract_findings(record: PatientRecord, now: dt.datetime | None = None) -> F
     per_report = [read[index] for index in sorted(read)]
     times = [ReportTime(facts.reference, facts.region, facts.modality, facts.status, facts.issued)
              for _, facts in per_report]
-    unread: Counter[str] = Counter(what for _, facts in per_report for what in facts.unread_attachments)
+    unread: Counter[str] = Counter(what if _MEDIA_TYPE.fullmatch(what) else "other"
+                                   for _, facts in per_report for what in facts.unread_attachments)
     if unread:
-        # Media types and counts only (no content): an integrator sees which report forms we could not read.
-        logger.info("report_attachments_not_read", extra={"attachments_not_read": dict(unread)})
+        # Media types and counts only (no content), in the log's whitelisted scalar fields: an integrator sees which
+        # report forms were not read ("application/pdf=2 image/jpeg=1").
+        logger.info("report_attachments_not_read", extra={
+            "count": sum(unread.values()),
+            "reason": " ".join(f"{what}={n}" for what, n in sorted(unread.items()))})
     current = current_references(times, now)
     findings: list[Finding] = []
     reports: list[ReportFacts] = []
