@@ -246,3 +246,17 @@ def test_a_binary_that_stalls_is_given_up_at_the_prefetch_deadline(app_factory, 
         assert time.monotonic() - started < 10, "the call waited for the stalled Binary instead of its deadline"
     finally:
         release.set()
+
+
+def test_imaging_notes_are_fetched_by_their_own_prefetch_key_and_give_a_card(client, cds_request, fhir_server):
+    """No DiagnosticReport at all: the radiology narrative comes as a DocumentReference, read from the FHIR server
+    under the `imagingNotes` key (type 18748-4), and drives the card as a report would."""
+    fhir_server.search("DocumentReference", searchset([document_reference("d", {"contentType": "text/html",
+                                                                                "data": b64(HTML)})]))
+    prefetch = complete_prefetch()
+    del prefetch["imagingNotes"]
+    response = client.post(PV, json=cds_request("patient-view", prefetch=prefetch, fhir_server=FHIR_BASE))
+    assert response.status_code == 200
+    assert [c.request.path_url.split("?")[0] for c in fhir_server.calls] == ["/fhir/DocumentReference"]
+    assert "type=http://loinc.org%7C18748-4" in fhir_server.calls[0].request.path_url
+    assert response.get_json()["cards"], "a DocumentReference report of active sacroiliitis must give a card"
