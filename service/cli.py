@@ -24,10 +24,17 @@ EXIT_INTERRUPTED = 130
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of the other failures (no usage block; --help has it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, just that command's module is imported (`serve --production` execs gunicorn, which
     imports the app itself: importing the analytics and replay modules first would only delay the start)."""
-    parser = argparse.ArgumentParser(prog="msk-cds", description="MSK imaging CDS Hooks 2.0 service")
+    parser = _Parser(prog="msk-cds", description="MSK imaging CDS Hooks 2.0 service")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
