@@ -32,6 +32,7 @@ class RuleStats:
     overridden: int = 0                    # cards with at least one "overridden" feedback item
     accepted_suggestions: Counter = field(default_factory=Counter)   # suggestion label -> cards
     override_reasons: Counter = field(default_factory=Counter)       # "code (display)" -> cards
+    knowledge_review: str | None = None    # review status of the sources the rule cites (governance)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -50,6 +51,8 @@ class RuleStats:
         }
         if self.pathway:
             result["pathway"] = self.pathway
+        if self.knowledge_review:
+            result["knowledgeReview"] = self.knowledge_review
         return result
 
 
@@ -120,6 +123,10 @@ def build_report(engine: Engine, since: dt.datetime | None = None, service_id: s
             if (card_uuid, label) not in reason_hits:
                 reason_hits.add((card_uuid, label))
                 rule.override_reasons[label] += 1
+    from hooks.knowledge.cards import rule_review
+
+    for rule_stats in stats.values():
+        rule_stats.knowledge_review = rule_review(rule_stats.rule)
     return sorted(stats.values(), key=lambda s: (-s.shown, s.rule))
 
 
@@ -147,6 +154,8 @@ def render_table(report: list[RuleStats]) -> str:
         lines.append(
             f"{s.rule:<{width}}  {s.shown:>6}  {s.accepted:>8}  {s.overridden:>10}  {_percent(s.acceptance_rate):>10}"
         )
+        if s.knowledge_review:
+            lines.append(f"    knowledge review: {s.knowledge_review}")
         for label, count in sorted(s.accepted_suggestions.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    accepted: {label}: {count}")
         for label, count in sorted(s.override_reasons.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from service import auth, cors, errors, ledger, logs, metrics, storage
+from service import auth, cors, errors, explain, ledger, logs, metrics, storage
 from hooks.registry import ServiceRegistry
 from service.config import SERVICES_EXTENSION, check_production, load_settings
 
@@ -33,6 +33,7 @@ def create_app(settings: Mapping[str, Any] | None = None, services: ServiceRegis
     auth.init_app(app)
     metrics.init_app(app)
     ledger.init_app(app)
+    explain.init_app(app)
 
     from service.cds import bp as cds_bp
     from service.ops import bp as ops_bp

@@ -32,6 +32,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 #: paths a load balancer or Prometheus reaches without a JWT (/metrics has its own METRICS_TOKEN)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PREFIXES = ("/explain/",)
 #: without PUBLIC_BASE_URL (development only) the audience is the request URL, but only for these host names:
 #: any other Host is the caller's choice, and a token minted for that host must not be accepted here
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
@@ -626,7 +627,8 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def authenticate() -> Response | None:
-        if request.method == "OPTIONS" or request.path in OPEN_PATHS:
+        # /explain/ pages carry their own short-lived signed token (service.explain)
+        if request.method == "OPTIONS" or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return None
         try:
             token = verifier.verify(request.headers.get("Authorization"), _audience(public_base_url))

@@ -12,7 +12,7 @@ from hooks.knowledge import knowledge_version
 from hooks.record import PatientRecord
 from hooks.registry import CdsServiceDefinition, HookRequest
 from service.config import service_registry
-from service import logs, metrics, prefetch
+from service import explain, logs, metrics, prefetch
 from service.errors import CdsError
 from service.feedback import validate_feedback
 from service.hookcall import validate_call
@@ -23,6 +23,17 @@ from service.storage import get_storage
 bp = Blueprint("cds", __name__)
 
 KNOWLEDGE_EXTENSION = "org.msk-cds.knowledge-version"
+REVIEW_EXTENSION = "org.msk-cds.knowledge-review"
+
+
+def knowledge_review() -> dict[str, Any]:
+    """Governance view of the knowledge in discovery: how many cited sources are verified (cards never say it)."""
+    from hooks.knowledge.clinical import clinical_knowledge
+
+    sources = list(clinical_knowledge().evidence.values())
+    unverified = sorted(s.id for s in sources if s.status != "verified")
+    return {"status": "verified" if not unverified else "pending-review",
+            "sourcesVerified": len(sources) - len(unverified), "sourcesUnverified": len(unverified)}
 RECORD_NOTICE_SOURCE = "MSK imaging CDS: service notice"
 
 
@@ -52,7 +63,7 @@ def evaluation_time() -> dt.datetime:
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    extension = {KNOWLEDGE_EXTENSION: knowledge_version()}
+    extension = {KNOWLEDGE_EXTENSION: knowledge_version(), REVIEW_EXTENSION: knowledge_review()}
     services = [d.discovery_entry(extension) for d in service_registry().values()]
     return json_response({"services": services})
 
@@ -92,7 +103,7 @@ def invoke(service_id: str) -> Response:
     logs.annotate(reports_read=work.reports_read, reports_not_read=work.reports_skipped,
                   evaluation_ms=round(work.elapsed() * 1000, 1))
     # order-sign does not repeat order-select cards; overridden cards may be withheld; cards are recorded and counted
-    cards = ledger.after_handler(request, result_cards)
+    cards = explain.add_links(ledger.after_handler(request, result_cards))
     payload: dict[str, Any] = {"cards": cards}
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)

@@ -141,12 +141,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NO_REPEAT_WINDOW_HOURS", 24.0, as_float, "order-sign withholds cards shown at order-select this recently"),
     Setting("OVERRIDE_SUPPRESSION_DAYS", 30.0, as_float, "how long SUPPRESS_OVERRIDDEN_CARDS remembers an override"),
     Setting("LEDGER_SALT", None, as_str, "key for patient/user pseudonyms in the card ledger (default: one per database)"),
+    Setting("EXPLANATION_LINKS", False, as_bool,
+            "add a \"Why this card?\" link to each card (a page explaining the rule and its evidence, no patient data)"),
+    Setting("EXPLANATION_SECRET", None, as_str, "key (32+ characters) signing the explanation links; needed with them"),
+    Setting("EXPLANATION_TTL_SECONDS", 900, as_int, "how long an explanation link stays valid"),
 )
 
 
 #: Secrets an operator mounts as files (Kubernetes Secret volume, Docker/compose secrets): NAME_FILE names a file
 #: whose content (one trailing newline dropped) is the value, the convention of the official Docker images.
-SECRET_FILE_SETTINGS = ("DATABASE_URL", "METRICS_TOKEN", "LEDGER_SALT")
+SECRET_FILE_SETTINGS = ("DATABASE_URL", "METRICS_TOKEN", "LEDGER_SALT", "EXPLANATION_SECRET")
 
 
 def _secret_from_file(name: str, environ: Mapping[str, str]) -> str | None:

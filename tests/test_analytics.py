@@ -164,3 +164,19 @@ def test_feedback_posted_over_http_joins_the_ledger(tmp_path):
     report = json.loads(run(url, "--format", "json"))["rules"]
     assert report == [{"rule": "axspa.steroid-avoid", "pathway": "axspa", "shown": 1, "accepted": 1, "overridden": 0,
                        "acceptanceRate": 1.0, "acceptedSuggestions": {"Stop prednisone": 1}, "overrideReasons": {}}]
+
+
+def test_the_knowledge_review_status_of_each_rule_goes_to_governance(tmp_path):
+    """Issue 16: the review status of the knowledge is shown to governance (analytics), not on the card."""
+    url = f"sqlite:///{tmp_path}/review.db"
+    store = Storage(url)
+    store.create_schema()
+    ledger = CardLedger(store.engine, salt="test-salt")
+    show(ledger, [card("c-osteo", "bme_differential.osteomyelitis_diabetic", "bme_differential", indicator="critical"),
+                  card("c-nsaid", "axspa_si_synovitis.nsaid_trial", "axspa_si_synovitis")], NOW)
+    store.dispose()
+    report = {r["rule"]: r for r in json.loads(run(url, "--format", "json"))["rules"]}
+    # IWGDF/IDSA 2023 is cited from memory (unverified); ASAS-EULAR 2022's DOI is not verified either
+    assert report["bme_differential.osteomyelitis_diabetic"]["knowledgeReview"] == "unverified"
+    assert report["axspa_si_synovitis.nsaid_trial"]["knowledgeReview"] in ("verified", "unverified")
+    assert "knowledge review: unverified" in run(url)

@@ -25,7 +25,9 @@ def test_discovery_lists_the_three_services_with_prefetch_and_knowledge_version(
         assert service["title"] and service["description"]
         assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
         assert all("{{context.patientId}}" in t for t in service["prefetch"].values())
-        assert service["extension"] == {"org.msk-cds.knowledge-version": knowledge_version()}
+        assert service["extension"]["org.msk-cds.knowledge-version"] == knowledge_version()
+        review = service["extension"]["org.msk-cds.knowledge-review"]          # governance, not the cards
+        assert review["status"] in ("verified", "pending-review") and review["sourcesUnverified"] >= 0
 
 
 def test_discovery_checker_rejects_bad_shapes():

@@ -135,6 +135,16 @@ def _check(cards: CardsFile, k: ClinicalKnowledge) -> None:
         need(service in k.services.services, f"service_labels.{service}", "unknown service")
 
 
+def rule_review(rule: str) -> str | None:
+    """Governance: "verified" when every source the rule cites is verified, else "unverified"; None for a rule the
+    knowledge does not know (analytics of old cards)."""
+    k, cards = clinical_knowledge(), card_wording()
+    wording = cards.rules.get(rule)
+    if wording is None:
+        return None
+    return "verified" if all(k.evidence[s].status == "verified" for s in wording.sources) else "unverified"
+
+
 @lru_cache(maxsize=1)
 def card_wording() -> CardsFile:
     """cards.yaml, loaded once and checked against the clinical knowledge."""
