@@ -148,7 +148,7 @@ def proxied_app(tmp_path, app_factory):
     thread = threading.Thread(target=upstream.serve_forever, daemon=True)
     thread.start()
     api, metrics = free_port(), free_port()
-    conf = local_copy(tmp_path, upstream.server_port, api, metrics, client_header_timeout="2s",
+    conf = local_copy(tmp_path, upstream.server_port, api, metrics, client_header_timeout="4s",
                       client_body_timeout="2s")
     extra = "daemon off; user root root;" if os.geteuid() == 0 else "daemon off;"
     nginx = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(conf), "-g", extra],
@@ -185,13 +185,13 @@ def test_real_nginx_buffers_slow_clients_and_refuses_oversized_bodies(proxied_ap
     slow.sendall(b"POST /cds-services/msk-imaging-patient-view HTTP/1.1\r\nHost: x\r\n")
     started = time.monotonic()
     assert requests.get(f"{api}/healthz", timeout=5).status_code == 200
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4          # answered while the stalled client still holds its connection
     slow.settimeout(10)
     try:
         answer = slow.recv(1024)
     except ConnectionResetError:        # reset_timedout_connection: nginx resets instead of a polite close
         answer = b""
-    assert time.monotonic() - started < 8, "nginx kept a stalled client past client_header_timeout"
+    assert time.monotonic() - started < 10, "nginx kept a stalled client past client_header_timeout"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:40]
     slow.close()
     assert len(proxied_app["seen"]) == before + 1          # only the /healthz call reached the app
