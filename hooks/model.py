@@ -68,6 +68,7 @@ class ReportFacts:
     issued: str | None = None                    # effectiveDateTime or issued, ISO string
     status: str | None = None                    # final, amended, preliminary ... (DocumentReference: docStatus)
     unread_attachments: tuple[str, ...] = ()     # attachments not read: their media type (PDF, image) or "url-only"
+    readable: bool = True                        # some text or coded conclusion could be read (else it says nothing)
 
 
 @dataclass(frozen=True)

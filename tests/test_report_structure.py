@@ -247,3 +247,14 @@ IMPRESSION (final): Bone marrow oedema of the left femoral head; no fracture."""
     assert "bone_marrow_edema" in current
     assert not current & {"subchondral_insufficiency_fracture", "joint_effusion"}, current
     assert any(f.section == "preliminary" and f.historical for f in result.findings)
+
+
+def test_a_newer_report_that_cannot_be_read_does_not_make_the_older_one_history() -> None:
+    """Safety fails closed: a newer report sent only as a PDF (or a Binary that could not be fetched) says nothing we
+    could read, so it cannot say the lesion of the older, readable report is gone."""
+    old = report("si-old", "Active sacroiliitis with bone marrow oedema of the left ilium.", days_ago=60)
+    pdf_only = report("si-new", "", days_ago=5)
+    del pdf_only["conclusion"]
+    pdf_only["presentedForm"] = [{"contentType": "application/pdf", "data": "JVBERi0xLjQK"}]
+    result = extract_findings(record_of(old, pdf_only), NOW)
+    assert result.active("active_sacroiliitis") and result.active("bone_marrow_edema")

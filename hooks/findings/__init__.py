@@ -68,7 +68,7 @@ def extract_findings(record: PatientRecord, now: dt.datetime | None = None) -> F
     read = {i: findings_from_report(all_reports[i]) for i in order
             if budget is None or budget.admit_report(all_reports[i])}
     per_report = [read[index] for index in sorted(read)]
-    times = [ReportTime(facts.reference, facts.region, facts.modality, facts.status, facts.issued)
+    times = [ReportTime(facts.reference, facts.region, facts.modality, facts.status, facts.issued, facts.readable)
              for _, facts in per_report]
     unread: Counter[str] = Counter(what if _MEDIA_TYPE.fullmatch(what) else "other"
                                    for _, facts in per_report for what in facts.unread_attachments)

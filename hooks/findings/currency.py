@@ -17,6 +17,7 @@ class ReportTime:
     modality: str | None
     status: str | None
     date: str | None          # ISO date or date-time of the study (effective, else issued)
+    readable: bool = True     # a report whose text could not be read (a PDF only, a Binary not fetched) decides nothing
 
 
 def parse_when(value: str | None) -> dt.datetime | None:
@@ -45,7 +46,9 @@ def current_references(reports: Iterable[ReportTime], now: dt.datetime | None) -
         groups.setdefault(key, []).append((parse_when(report.date), report))
     current: set[str] = set()
     for members in groups.values():
-        candidates = [m for m in members if m[1].status in deciding] or members
+        # What could not be read is unknown: a newer unreadable report does not turn the older one into history.
+        readable = [m for m in members if m[1].readable] or members
+        candidates = [m for m in readable if m[1].status in deciding] or readable
         dated = [when for when, _ in candidates if when is not None]
         newest = max(dated) if dated else None
         for when, report in candidates:

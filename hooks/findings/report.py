@@ -117,6 +117,8 @@ def report_facts(report: Any, texts: list[str], unread: tuple[str, ...] = ()) ->
         issued=effective.isoformat() if hasattr(effective, "isoformat") else (str(effective) if effective else None),
         status=report_status(report),
         unread_attachments=unread,
+        readable=bool(body.strip()) or bool(report.get_resource_type() == "DiagnosticReport"
+                                            and getattr(report, "conclusionCode", None)),
     )
 
 
