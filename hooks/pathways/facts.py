@@ -390,11 +390,13 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
     # problem list by value set
     conditions: dict[str, list[str]] = {}
     onsets: dict[str, list[dt.datetime]] = {}
+    gi = k.checks["gi_risk"].params
+    history_sets = {f["condition"] for f in gi["factors"] if "condition" in f} | {gi["high_if_condition"]}
     for condition in record.conditions[:MAX_ITEMS]:
         active = condition_is_active(condition)
         for vs_id in _value_sets_of(getattr(condition, "code", None), k):
-            # a past ulcer or bleed is a GI risk factor even when resolved
-            if active or vs_id == "peptic_ulcer_or_gi_bleed" and _status_code(
+            # a past ulcer or bleed is a GI risk factor even when resolved (the GI risk value sets are history)
+            if active or vs_id in history_sets and _status_code(
                     getattr(condition, "verificationStatus", None)) not in REFUTED:
                 conditions.setdefault(vs_id, []).append(reference_of(condition))
                 onset = to_datetime(getattr(condition, "onsetDateTime", None)) or to_datetime(
