@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from hooks.knowledge import Coding, KnowledgeError, StrictModel, load_model, load_yaml
 
-def _declared_facts() -> frozenset[str]:
+def _declared_facts() -> dict[str, Mapping[str, Any]]:
     """The fact vocabulary of facts.yaml (hooks/pathways/facts.py computes exactly these)."""
     data = load_yaml("facts.yaml")
     facts = data.get("facts") if isinstance(data, Mapping) else None
@@ -22,7 +22,10 @@ def _declared_facts() -> frozenset[str]:
     for name, spec in facts.items():
         if not isinstance(spec, Mapping) or spec.get("kind") not in ("boolean", "number", "category"):
             raise KnowledgeError("facts.yaml", f"facts.{name}", "kind must be boolean, number or category")
-    return frozenset(facts)
+        value_sets = spec.get("value_sets")
+        if value_sets is not None and (spec["kind"] != "boolean" or not isinstance(value_sets, list) or not value_sets):
+            raise KnowledgeError("facts.yaml", f"facts.{name}", "value_sets is a non-empty list on a boolean fact")
+    return dict(facts)
 
 
 # Dates a text template may name besides the facts.
@@ -494,6 +497,7 @@ class ClinicalKnowledge:
         self.pathway_file = pathways
         self.pathways = pathways.by_id()
         self.fact_names: frozenset[str] = frozenset()       # facts.yaml, set by the cross-check
+        self.fact_value_sets: dict[str, tuple[str, ...]] = {}   # problem-list facts: fact -> value sets
         #: Lookups derived from this knowledge and memoised by the rules (they die with it, never go stale).
         self.derived: dict[str, dict[Any, Any]] = {}
 
@@ -563,7 +567,13 @@ def _resolve_dosing_parameters(k: ClinicalKnowledge) -> None:
 
 def _cross_check(k: ClinicalKnowledge, concepts: frozenset[str] | None) -> None:
     # the facts the pathway conditions, checks and text templates may name (declared in facts.yaml)
-    FACT_NAMES = k.fact_names = _declared_facts()  # noqa: N806
+    declared = _declared_facts()
+    FACT_NAMES = k.fact_names = frozenset(declared)  # noqa: N806
+    k.fact_value_sets = {name: tuple(spec["value_sets"]) for name, spec in declared.items() if "value_sets" in spec}
+    for name, value_sets in k.fact_value_sets.items():
+        for vs in value_sets:
+            if vs not in k.value_sets:
+                raise KnowledgeError("facts.yaml", f"facts.{name}.value_sets", f"unknown value set {vs!r}")
     _resolve_dosing_parameters(k)
 
     def need(ok: bool, file: str, place: str, reason: str) -> None:

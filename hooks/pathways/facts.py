@@ -411,12 +411,9 @@ def patient_facts(record: PatientRecord, now: dt.datetime, k: ClinicalKnowledge 
         if refs:
             sources[name] = refs
 
-    flag("diabetes", "diabetes", "charcot")
-    flag("active_serious_infection", "active_serious_infection")
-    flag("ibd", "ibd")
-    flag("demyelinating_disease", "demyelinating_disease")
-    flag("liver_disease_or_alcohol", "liver_disease_or_alcohol")
-    flag("physiological_context", "athlete", "postpartum")
+    # problem-list facts declared in facts.yaml (`value_sets`): true when an active Condition is in one of them
+    for name, value_sets in k.fact_value_sets.items():
+        flag(name, *value_sets)
 
     gender = getattr(patient, "gender", None) if patient is not None else None
     flag("pregnant", "pregnancy")
