@@ -3,10 +3,10 @@ acetaminophen as the non-NSAID alternative with its dose ceilings, duplicate the
 doses by the coded indication with loading doses as their own Dosage, and screening first."""
 from __future__ import annotations
 
-from hooks.cards.render import CardContext, pathway_card
 from hooks.cards.suggestions import OrderContext, medication_request
 from hooks.knowledge.clinical import clinical_knowledge
 from hooks.pathways.engine import assess
+from hooks.pipeline import pathway_cards
 from hooks.record import PatientRecord
 from hooks.safety.checks import evaluate_drug
 from clinical_builders import (ADALIMUMAB, APIXABAN, ICD, NAPROXEN, NOW, PREDNISONE, SNOMED, bundle, condition,
@@ -163,8 +163,8 @@ def _il17_card(code_system, code):
                                observation("h1", "5196-1", result="negative")])
     k = clinical_knowledge()
     facts = facts_of(rec)
-    a = next(x for x in assess(findings("active_sacroiliitis"), facts, k) if x.pathway.id == "refractory_sacroiliitis")
-    card = pathway_card(a, facts, CardContext("h", CTX), k)
+    card = next(c.to_json() for c in pathway_cards(findings("active_sacroiliitis"), facts, "h", CTX, k)
+                if c.to_json()["extension"]["org.msk-cds.pathway"] == "refractory_sacroiliitis")
     return {r["medicationCodeableConcept"]["coding"][0]["code"]: r for s in card["suggestions"] for act in s["actions"]
             if (r := act["resource"])["resourceType"] == "MedicationRequest"}
 
