@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
+from hooks.cards.intake_cards import unreadable_draft_cards
 from hooks.cards.plans import plan_order_card, plan_pathway_card
 from hooks.cards.render import render
 from hooks.cards.suggestions import OrderContext
@@ -69,6 +70,14 @@ def patient_view_cards(request: HookRequest, k: ClinicalKnowledge | None = None)
 
 def order_cards(request: HookRequest, selected_only: bool, k: ClinicalKnowledge | None = None) -> HookResult:
     """Checks of the draft orders (the selected ones at order-select, all at order-sign) against the pathway."""
+    # a draft the intake could not read is never silent: an info card names it (hooks/cards/intake_cards.py)
+    not_checked = unreadable_draft_cards(request.record.unreadable_drafts, request.hook_instance,
+                                         request.context.get("selections") if selected_only else None)
+    result = _checked_order_cards(request, selected_only, k)
+    return replace(result, cards=(*result.cards, *not_checked)) if not_checked else result
+
+
+def _checked_order_cards(request: HookRequest, selected_only: bool, k: ClinicalKnowledge | None) -> HookResult:
     k = k or clinical_knowledge()
     record = request.record
     drafts = list(record.draft_orders)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from hooks import fhirread
 from hooks.cards.warmup import warm_up as clinical_warm_up
 from hooks.findings import warm_up as findings_warm_up
 from hooks.knowledge import knowledge_version
@@ -30,5 +31,7 @@ def warm_up() -> None:
     knowledge_version()
     for sample in SAMPLES:
         get_fhir_model_class(sample["resourceType"]).model_validate(sample)
+        fhirread.read_resource(sample)
+    fhirread.warm_up(fhirread.READ_ELEMENTS)
     findings_warm_up()
     clinical_warm_up()

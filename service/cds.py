@@ -12,7 +12,7 @@ from hooks.knowledge import knowledge_version
 from hooks.record import PatientRecord
 from hooks.registry import CdsServiceDefinition, HookRequest
 from service.config import service_registry
-from service import explain, logs, metrics, prefetch
+from service import explain, intake, logs, metrics, prefetch
 from service.errors import CdsError
 from service.feedback import validate_feedback
 from service.hookcall import validate_call
@@ -35,6 +35,7 @@ def knowledge_review() -> dict[str, Any]:
     return {"status": "verified" if not unverified else "pending-review",
             "sourcesVerified": len(sources) - len(unverified), "sourcesUnverified": len(unverified)}
 RECORD_NOTICE_SOURCE = "MSK imaging CDS: service notice"
+INTAKE_EXTENSION = "org.msk-cds.intake"
 
 
 def _json_default(value: Any) -> Any:
@@ -80,7 +81,9 @@ def invoke(service_id: str) -> Response:
     resolved = prefetch.resolve(definition, call)
     g.cds_prefetch = {"provided": resolved.provided, "fetched": resolved.fetched,
                       "unavailable": len(resolved.unavailable)}
-    record = PatientRecord.from_prefetch(resolved.data, call.context.get("draftOrders"), resolved.unavailable)
+    record = PatientRecord.from_prefetch(resolved.data, call.context.get("draftOrders"), resolved.unavailable,
+                                         local_timezone=intake.local_zone(current_app.config.get("EHR_LOCAL_TIMEZONE")),
+                                         expected_types=intake.prefetch_types(definition.prefetch))
     request = HookRequest(
         service_id=definition.id,
         hook=call.hook,
@@ -108,7 +111,12 @@ def invoke(service_id: str) -> Response:
     if result.system_actions:
         payload["systemActions"] = list(result.system_actions)
     g.cds_card_count = len(cards)
-    logs.annotate(system_actions=len(result.system_actions), skipped_resources=len(record.skipped))
+    report = intake.report(record)
+    logs.annotate(system_actions=len(result.system_actions), skipped_resources=len(record.skipped),
+                  **report.log_fields())
+    metrics.count_intake(definition.id, report.counts)
+    if current_app.config.get("INTAKE_DIAGNOSTICS_EXTENSION") and report.counts:
+        payload["extension"] = {INTAKE_EXTENSION: report.extension()}
     return json_response(payload)
 
 

@@ -80,6 +80,18 @@ def as_url_list(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def as_timezone(value: Any) -> str:
+    """An IANA time zone name that exists on this machine."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = str(value).strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown time zone") from None
+    return name
+
+
 def as_raw(value: Any) -> Any:
     """Kept as given; the module that owns the setting interprets it."""
     return value
@@ -140,6 +152,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DB_POOL_TIMEOUT_SECONDS", 2.0, as_float, "wait for a free pooled connection"),
     Setting("NO_REPEAT_WINDOW_HOURS", 24.0, as_float, "order-sign withholds cards shown at order-select this recently"),
     Setting("OVERRIDE_SUPPRESSION_DAYS", 30.0, as_float, "how long SUPPRESS_OVERRIDDEN_CARDS remembers an override"),
+    Setting("EHR_LOCAL_TIMEZONE", "UTC", as_timezone,
+            "IANA time zone in which date-times the EHR sends without a zone are read (each one is recorded)"),
+    Setting("INTAKE_DIAGNOSTICS_EXTENSION", False, as_bool,
+            "integrators: add the call's FHIR repairs and drops (counts by type and element path) to the response"),
     Setting("LEDGER_SALT", None, as_str, "key for patient/user pseudonyms in the card ledger (default: one per database)"),
     Setting("EXPLANATION_LINKS", False, as_bool,
             "add a \"Why this card?\" link to each card (a page explaining the rule and its evidence, no patient data)"),

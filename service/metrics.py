@@ -29,7 +29,8 @@ SUPPRESSION_REASONS = frozenset({"shown_at_order_select", "overridden_by_user"})
 # Resource types the prefetch templates ask for; a fetch of anything else is counted under "other".
 FHIR_RESOURCES = frozenset({
     "Patient", "Condition", "DiagnosticReport", "MedicationRequest", "MedicationStatement", "Observation",
-    "AllergyIntolerance", "ServiceRequest", "Encounter",
+    "AllergyIntolerance", "ServiceRequest", "Encounter", "Medication", "Procedure", "DocumentReference", "Binary",
+    "DeviceRequest", "NutritionOrder", "VisionPrescription",
 })
 # Reasons and error kinds are chosen by our own code, but guard their shape and count anyway.
 _FREE_LABEL = re.compile(r"^[a-z0-9_\-]{1,40}$")
@@ -73,6 +74,7 @@ class Metrics:
     auth_failures: Counter
     feedback: Counter
     incomplete_records: Counter
+    intake_issues: Counter | None = None
 
     @classmethod
     def build(cls, known_services: Iterable[str]) -> "Metrics":
@@ -113,6 +115,10 @@ class Metrics:
             incomplete_records=Counter(
                 "msk_cds_incomplete_records", "Calls answered before every report was read (work budget reached)",
                 ["service"], registry=target),
+            intake_issues=Counter(
+                "msk_cds_intake_issues", "FHIR elements the tolerant reader repaired, dropped or skipped, by "
+                "resource type, element path and kind (hooks/fhirread.py)",
+                ["service", "resource", "path", "kind", "action"], registry=target),
         )
 
     def service_label(self, service_id: str | None) -> str:
@@ -220,6 +226,35 @@ def count_feedback(service_id: str | None, outcome: str | None) -> None:
         return
     label = outcome if outcome in FEEDBACK_OUTCOMES else "invalid"
     metrics.feedback.labels(metrics.service_label(service_id), label).inc()
+
+
+INTAKE_ACTIONS = frozenset({"repaired", "dropped", "skipped"})
+_INTAKE_PATH = re.compile(r"^[A-Za-z]{1,40}(\.([A-Za-z]{1,40}(\[x\])?|\(unknown\))){0,8}$")
+_MAX_INTAKE_PATHS = 256
+_seen_intake_paths: set[str] = set()
+
+
+def _intake_path(path: str) -> str:
+    """Element paths come from the FHIR schema (never values); still bounded in shape and count."""
+    if not _INTAKE_PATH.match(path):
+        return "other"
+    if path not in _seen_intake_paths:
+        if len(_seen_intake_paths) >= _MAX_INTAKE_PATHS:
+            return "other"
+        _seen_intake_paths.add(path)
+    return path
+
+
+def count_intake(service_id: str | None, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+    """One call's intake repairs and drops: (resource type, element path, kind, action) -> count."""
+    metrics = _current()
+    if metrics is None or metrics.intake_issues is None or not counts:
+        return
+    service = metrics.service_label(service_id)
+    for (resource, path, kind, action), count in counts.items():
+        metrics.intake_issues.labels(
+            service, resource if resource in FHIR_RESOURCES else "other", _intake_path(path), _free_label(kind),
+            action if action in INTAKE_ACTIONS else "other").inc(count)
 
 
 # --- wiring ------------------------------------------------------------------------------------------------------

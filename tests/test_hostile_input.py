@@ -387,7 +387,7 @@ def test_bad_fhir_in_draft_orders_is_never_a_500(client, service_id, bad):
     assert_not_500(post_raw(client, f"/cds-services/{service_id}", json.dumps(request)))
 
 
-def test_a_bad_resource_among_good_ones_is_skipped_not_fatal(client, caplog):
+def test_a_bad_element_among_good_resources_is_dropped_not_fatal(client, caplog):
     prefetch = full_prefetch()
     prefetch["conditions"] = {
         "resourceType": "Bundle",
@@ -399,9 +399,11 @@ def test_a_bad_resource_among_good_ones_is_skipped_not_fatal(client, caplog):
     with caplog.at_level(logging.INFO, logger="service.request"):
         response = post_raw(client, INVOKE, json.dumps(hook_request(SERVICE_IDS[0], prefetch)))
     assert response.status_code == 200
-    # said so: the request log line counts what was skipped (never what it contained)
+    # said so: the request log line counts what was dropped, by element path (never what it contained)
     line = next(r for r in caplog.records if r.getMessage() == "request")
-    assert line.skipped_resources >= 1
+    assert line.intake_dropped >= 1
+    assert "Condition.code:invalid=1" in line.intake
+    assert SENTINEL not in line.intake
 
 
 # --- methods and paths ------------------------------------------------------------------------------------------
