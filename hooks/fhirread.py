@@ -441,6 +441,8 @@ def _base64(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
 def _code(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
     if not isinstance(v, str) and f.prim == "Code":
         return None             # a number is no code (an id may arrive as one: read as its digits)
+    if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
+        return None             # a damaged code is not the code: unreadable, never repaired into another
     got = _string(r, v, f, path)
     if got is None:
         return None
@@ -456,6 +458,8 @@ def _code(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
 
 
 def _uri(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
+    if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
+        return None
     got = _string(r, v, f, path)
     if got is None:
         return None
