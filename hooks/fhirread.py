@@ -19,6 +19,7 @@ or an unknown resourceType is skipped whole ("resource-unreadable").
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 import threading
@@ -112,14 +113,22 @@ class ElementNotRead(AttributeError):
 
 
 # --------------------------------------------------------------------------------------------- the schema
+_TEXT_KINDS = frozenset({"String", "Markdown", "Xhtml", "Time"})
+_CODE_KINDS = frozenset({"Code", "Id"})
+_URI_KINDS = frozenset({"Uri", "Url", "Canonical", "Oid", "UuidVersion"})
+
+
 class _Field:
-    __slots__ = ("json", "attr", "is_list", "prim", "child", "choice", "required", "enum", "read")
+    __slots__ = ("json", "attr", "is_list", "prim", "child", "choice", "required", "enum", "read", "fast", "schema")
 
     def __init__(self, json: str, attr: str, is_list: bool, prim: str | None, child: str | None,
                  choice: str | None, required: bool, enum: frozenset[str] | None) -> None:
         self.json, self.attr, self.is_list, self.prim, self.child = json, attr, is_list, prim, child
         self.choice, self.required, self.enum = choice, required, enum
         self.read = True
+        # an ASCII string already in canonical shape skips the primitive reader (most values in real data)
+        self.fast = 1 if prim in _TEXT_KINDS else 2 if prim in _CODE_KINDS else 3 if prim in _URI_KINDS else 0
+        self.schema: "_Schema | None" = None
 
 
 class _Schema:
@@ -377,9 +386,11 @@ class _Reader:
         if not isinstance(item, dict):
             self.dropped(path, "invalid")
             return None
-        schema = _schema(field.child or "", False)
+        schema = field.schema
         if schema is None:
-            return None
+            schema = field.schema = _schema(field.child or "", False)
+            if schema is None:
+                return None
         if not item:
             self.dropped(path, "empty")
             return None
@@ -399,6 +410,17 @@ class _Reader:
 
     # -- primitives ---------------------------------------------------------------------------------------------
     def primitive(self, item: Any, field: _Field, path: str) -> tuple[Any, Any] | None:
+        fast = field.fast
+        if fast and type(item) is str and item.isascii() and item:
+            if fast == 1:
+                if not item.isspace():
+                    return item, item
+            elif item[0] != " " and item[-1] != " " and item == item.strip():
+                if fast == 3:
+                    if " " not in item:
+                        return item, item
+                elif field.enum is None or item in field.enum or item.lower() not in field.enum:
+                    return item, item
         kind = field.prim
         reader = _PRIMITIVES.get(kind or "", _string)
         try:
@@ -435,7 +457,7 @@ def _base64(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
     compact = "".join(v.split()) if not v.isalnum() else v
     if len(compact) % 4 or not _BASE64.fullmatch(compact):
         return None
-    return compact, compact
+    return base64.b64decode(compact), compact       # bytes, as the R4B models hold them
 
 
 def _code(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
@@ -596,7 +618,7 @@ def local_zone(name: str | None) -> dt.tzinfo | None:
 def read_resource(data: Any, tz: dt.tzinfo | None = None) -> tuple[FhirNode | None, tuple[Issue, ...]]:
     """Read one resource dict. Returns (node, issues); node is None when the resource cannot be read at all
     (then issues holds one "resource-unreadable" at the resource's type or "Resource")."""
-    resource_type = data.get("resourceType") if isinstance(data, Mapping) else None
+    resource_type = data.get("resourceType") if isinstance(data, dict) else None
     name = resource_type if isinstance(resource_type, str) and resource_type.isalnum() else "Resource"
     if not isinstance(data, dict):
         return None, (Issue(name, "resource-unreadable", "skipped"),)

@@ -244,7 +244,7 @@ class PatientRecord:
     # -- reading ------------------------------------------------------------------------------------------------
     def _read(self, source: str, raw: Any, resource_type: str) -> Any | None:
         """Read one resource, recording its issues under `resource_type`; None when it cannot be read at all."""
-        node, issues = read_cached(raw, self._tz) if isinstance(raw, Mapping) else read_resource(raw, self._tz)
+        node, issues = read_cached(raw, self._tz) if isinstance(raw, dict) else read_resource(raw, self._tz)
         if node is not None:
             resource_type = node.get_resource_type()
         dropped = []
