@@ -8,8 +8,8 @@ docs/sandbox.md and fixtures/sandbox/README.md.
 What each must give comes from the clinical situation of the patient and the order, not from today's output:
 methotrexate is advised against for purely axial disease; a non-selective NSAID after a bleeding ulcer needs
 gastroprotection or a COX-2 inhibitor; systemic glucocorticoids for six months are advised against (bridge < 3
-months). The Sandbox sends `MedicationRequest.category` as a single object, not the R4 list: until the service reads
-that draft tolerantly (issue 15), the order hooks answer `{"cards": []}`, hence the strict xfails below.
+months). The Sandbox sends `MedicationRequest.category` as a single object, not the R4 list: before the tolerant
+reader (issue 15) the order hooks answered `{"cards": []}` (these three tests were strict xfails until it landed).
 """
 from __future__ import annotations
 
@@ -34,10 +34,6 @@ SANDBOX = ROOT / "fixtures" / "sandbox"
 RECORDED_AT = "2026-12-04T19:05:00Z"     # when the Sandbox sent them (the drafts' authoredOn is that day)
 SERVICE_OF_HOOK = {"patient-view": "msk-imaging-patient-view", "order-select": "msk-imaging-order-select",
                    "order-sign": "msk-imaging-order-sign"}
-CATEGORY_GAP = (
-    "issue 15: the Sandbox sends the draft MedicationRequest.category as an object, not a list; strict R4 validation "
-    "drops the draft and the order hooks answer no cards (remove this xfail when the tolerant reader lands)")
-
 
 def recorded(name: str) -> dict:
     return json.loads((SANDBOX / f"{name}.json").read_text(encoding="utf-8"))
@@ -158,14 +154,12 @@ def test_sandbox_feedback_is_stored(tmp_path, name, outcome):
 
 # -- order hooks: the warnings a clinician must see --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=CATEGORY_GAP)
 def test_rx_view_methotrexate_for_axial_disease_is_warned(replay):
     _, answer = replay("rx-view-methotrexate-axial")
     warnings = [c for c in answer["cards"] if c["indicator"] in ("warning", "critical")]
     assert any(re.search(r"methotrexate|csDMARD", text_of(c), re.I) for c in warnings), answer["cards"]
 
 
-@pytest.mark.xfail(strict=True, reason=CATEGORY_GAP)
 def test_rx_view_naproxen_after_a_gi_bleed_is_warned_with_gastroprotection(replay):
     _, answer = replay("rx-view-naproxen-gi-bleed")
     warnings = [c for c in answer["cards"] if c["indicator"] in ("warning", "critical")]
@@ -176,7 +170,6 @@ def test_rx_view_naproxen_after_a_gi_bleed_is_warned_with_gastroprotection(repla
     assert not any("198014" in created_drug_codes(c) and not (created_drug_codes(c) - {"198014"}) for c in gi)
 
 
-@pytest.mark.xfail(strict=True, reason=CATEGORY_GAP)
 def test_rx_sign_long_term_prednisone_is_warned(replay):
     _, answer = replay("rx-sign-prednisone-long-term")
     warnings = [c for c in answer["cards"] if c["indicator"] in ("warning", "critical")]
