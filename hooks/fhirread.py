@@ -218,27 +218,39 @@ def _schema(name: str, resource: bool) -> _Schema | None:
 class FhirNode:
     """A read FHIR element or resource: attribute access like an R4B model (absent elements are None)."""
 
-    _json: dict[str, Any]
+    _python_names: frozenset[str] = frozenset()     # attribute names that repeat a JSON name (class_fhir...)
 
     def model_dump(self, mode: str = "json", include: Iterable[str] | None = None, exclude_none: bool = True,
                    by_alias: bool = True) -> dict[str, Any]:
-        """The JSON of what was read (repairs applied, drops left out)."""
-        data = self._json
-        if include is not None:
-            wanted = set(include)
-            data = {k: v for k, v in data.items() if k in wanted}
-        return orjson.loads(orjson.dumps(data))
+        """The JSON of what was read (repairs applied, drops left out), built on demand."""
+        return _to_json(self, frozenset(include) if include is not None else None)
 
     def model_dump_json(self, include: Iterable[str] | None = None, exclude_none: bool = True,
                         by_alias: bool = True) -> str:
-        data = self._json
-        if include is not None:
-            wanted = set(include)
-            data = {k: v for k, v in data.items() if k in wanted}
-        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(self.model_dump(include=include), option=orjson.OPT_SORT_KEYS).decode()
 
     def __repr__(self) -> str:          # never the values: they may be PHI
         return f"<{type(self).__name__} (read)>"
+
+
+def _to_json(value: Any, include: frozenset[str] | None = None) -> Any:
+    if isinstance(value, FhirNode):
+        skip = value._python_names
+        out = {k: _to_json(v) for k, v in value.__dict__.items()
+               if k not in skip and (include is None or k in include)}
+        resource_type = getattr(type(value), "resource_type", None)
+        if isinstance(resource_type, str):
+            out["resourceType"] = resource_type
+        return out
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
 
 
 class _NotRead:
@@ -256,6 +268,7 @@ def _make_node_class(schema: _Schema) -> type:
         namespace[alias] = value
         if field.attr != alias:
             namespace[field.attr] = value
+    namespace["_python_names"] = frozenset(f.attr for a, f in schema.fields.items() if f.attr != a)
     if schema.is_resource:
         namespace["resource_type"] = schema.name
         namespace["get_resource_type"] = classmethod(lambda cls, _n=schema.name: _n)
@@ -289,8 +302,7 @@ class _Reader:
         if depth > MAX_DEPTH:
             self.dropped(path, "too-deep")
             return None
-        attrs: dict[str, Any] = {}
-        out: dict[str, Any] = {}
+        attrs: dict[str, Any] = {}       # JSON name -> value (and the python name, where it differs)
         chosen: dict[str, list[str]] = {}
         fields = schema.fields
         for key, item in value.items():
@@ -316,15 +328,15 @@ class _Reader:
                 elif len(item) > MAX_LIST:
                     self.dropped(fpath, "too-many")
                     item = item[:MAX_LIST]
-                values, jsons = [], []
+                values = []
                 for element in item:
                     got = self.value(element, field, fpath, depth)
                     if got is not None:
-                        values.append(got[0])
-                        jsons.append(got[1])
+                        values.append(got)
                 if values:
-                    attrs[field.attr] = values
-                    out[key] = jsons
+                    attrs[key] = values
+                    if field.attr != key:
+                        attrs[field.attr] = values
                 elif item:
                     pass            # every item dropped, each recorded
                 else:
@@ -339,15 +351,15 @@ class _Reader:
                         continue
                 got = self.value(item, field, fpath, depth)
                 if got is not None:
-                    attrs[field.attr] = got[0]
-                    out[key] = got[1]
+                    attrs[key] = got
+                    if field.attr != key:
+                        attrs[field.attr] = got
         if chosen:
             for group, names in chosen.items():
                 if len(names) > 1:
                     for name in names:
                         self.dropped(f"{path}.{name}", "conflicting-choice")
-                        out.pop(name, None)
-                        attrs.pop(fields[name].attr, None)
+                        attrs.pop(name, None)
         for alias in schema.required:
             if alias not in value:
                 self.dropped(f"{path}.{alias}", "missing-required")
@@ -355,34 +367,32 @@ class _Reader:
             if group not in chosen and not any(n in value for n in schema.choices[group]):
                 self.dropped(f"{path}.{group}[x]", "missing-required")
         if schema.is_coding:
-            self.coding_case(attrs, out, path)
-        if not out:
+            self.coding_case(attrs, path)
+        if not attrs:
             return None
         node = schema.node_class.__new__(schema.node_class)
-        attrs["_json"] = out
         node.__dict__ = attrs
         return node
 
-    def coding_case(self, attrs: dict[str, Any], out: dict[str, Any], path: str) -> None:
-        code, system = out.get("code"), out.get("system")
+    def coding_case(self, attrs: dict[str, Any], path: str) -> None:
+        code, system = attrs.get("code"), attrs.get("system")
         if not isinstance(code, str) or not isinstance(system, str):
             return
         fixed = code.upper() if system in UPPER_CASE_SYSTEMS else code.lower() if system in LOWER_CASE_SYSTEMS \
             else code
         if fixed != code:
             self.repaired(f"{path}.code", "code-case")
-            attrs["code"] = out["code"] = fixed
+            attrs["code"] = fixed
 
-    def value(self, item: Any, field: _Field, path: str, depth: int) -> tuple[Any, Any] | None:
-        """(python value, JSON value) of one element value, or None when dropped (recorded)."""
+    def value(self, item: Any, field: _Field, path: str, depth: int) -> Any:
+        """The value of one element value, or None when dropped (recorded)."""
         if field.prim is not None:
             return self.primitive(item, field, path)
         if item is None:
             self.dropped(path, "null")
             return None
         if field.child == "Resource":
-            node = self.resource(item, path, depth + 1)
-            return (node, node._json) if node is not None else None
+            return self.resource(item, path, depth + 1)
         if not isinstance(item, dict):
             self.dropped(path, "invalid")
             return None
@@ -394,8 +404,7 @@ class _Reader:
         if not item:
             self.dropped(path, "empty")
             return None
-        node = self.obj(item, schema, path, depth + 1)
-        return (node, node._json) if node is not None else None
+        return self.obj(item, schema, path, depth + 1)
 
     def resource(self, item: Any, path: str, depth: int) -> FhirNode | None:
         resource_type = item.get("resourceType") if isinstance(item, dict) else None
@@ -403,24 +412,21 @@ class _Reader:
         if schema is None:
             self.issues.append(Issue(path, "resource-unreadable", "dropped"))
             return None
-        node = self.obj(item, schema, path, depth)
-        if node is not None:
-            node._json["resourceType"] = resource_type
-        return node
+        return self.obj(item, schema, path, depth)
 
     # -- primitives ---------------------------------------------------------------------------------------------
-    def primitive(self, item: Any, field: _Field, path: str) -> tuple[Any, Any] | None:
+    def primitive(self, item: Any, field: _Field, path: str) -> Any:
         fast = field.fast
         if fast and type(item) is str and item.isascii() and item:
             if fast == 1:
                 if not item.isspace():
-                    return item, item
+                    return item
             elif item[0] != " " and item[-1] != " " and item == item.strip():
                 if fast == 3:
                     if " " not in item:
-                        return item, item
+                        return item
                 elif field.enum is None or item in field.enum or item.lower() not in field.enum:
-                    return item, item
+                    return item
         kind = field.prim
         reader = _PRIMITIVES.get(kind or "", _string)
         try:
@@ -429,7 +435,8 @@ class _Reader:
             got = None
         if got is None:
             self.dropped(path, "empty" if item == "" else "null" if item is None else "invalid")
-        return got
+            return None
+        return got[0]
 
 
 # each returns (python value, JSON value) or None (invalid); repairs are recorded on the reader
@@ -632,7 +639,6 @@ def read_resource(data: Any, tz: dt.tzinfo | None = None) -> tuple[FhirNode | No
         return None, (Issue(resource_type, "resource-unreadable", "skipped"),)
     if node is None:
         return None, (*reader.issues, Issue(resource_type, "resource-unreadable", "skipped"))
-    node._json["resourceType"] = resource_type
     return node, tuple(reader.issues)
 
 

@@ -11,9 +11,11 @@ ever served.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import threading
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -122,6 +124,32 @@ def read_cached(data: Mapping[str, Any], tz: dt.tzinfo | None = None) -> tuple[A
     result = read_resource(data, tz)
     MODEL_CACHE.put(key, result)
     return result
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Cyclic GC off while a batch of resources is read. The reader builds only acyclic objects (nodes, dicts,
+    lists), so a collection during the read frees nothing, but a large chart would trigger dozens of them, each
+    walking every live object (the read then grows worse than linearly). Reference counting still frees everything;
+    the collector runs again as soon as the last concurrent read ends."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def validate_resource(data: Mapping[str, Any]) -> tuple[Any | None, tuple[str, ...]]:
@@ -268,7 +296,8 @@ class PatientRecord:
             with self._lock:
                 typed = self._typed.get(resource_type)
                 if typed is None:
-                    nodes = (self._read(s, r, resource_type) for s, r in self._raw_by_type.get(resource_type, ()))
+                    with gc_paused():
+                        nodes = [self._read(s, r, resource_type) for s, r in self._raw_by_type.get(resource_type, ())]
                     typed = self._typed[resource_type] = tuple(n for n in nodes if n is not None)
         return typed
 
@@ -322,7 +351,8 @@ class PatientRecord:
         if self._draft_typed is None:
             with self._lock:
                 if self._draft_typed is None:
-                    self._read_drafts()
+                    with gc_paused():
+                        self._read_drafts()
         return self._draft_typed or ()
 
     @property
