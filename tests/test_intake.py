@@ -442,9 +442,13 @@ def test_shape_slips_give_the_same_cards(name: str, kind: str, data: Any) -> Non
             continue
     status, body = _post(name, request)
     assert status == 200
-    assert summaries(body) == summaries(_baseline(name))
     intake = (body.get("extension") or {}).get("org.msk-cds.intake") or {"dropped": 0, "skipped": 0}
-    if kind != "junk":
+    if kind == "junk":
+        # an unknown element is dropped and recorded; inside a deciding element (a Condition's code) it may make a
+        # safety fact unknown (fail closed), so the cards stay the same or degrade with the drop on record
+        assert summaries(body) == summaries(_baseline(name)) or intake["dropped"] > 0
+    else:
+        assert summaries(body) == summaries(_baseline(name))
         assert intake["dropped"] == 0 and intake["skipped"] == 0, intake
 
 
