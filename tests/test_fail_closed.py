@@ -204,3 +204,35 @@ def test_a_male_patient_is_not_held_for_pregnancy_but_still_for_the_rest():
     bad = mutate(_pregnancy(), ("onsetDateTime",), "impossible_date")
     rec = record(age=45, sex="male", conditions=[bad])
     assert "pregnant" not in facts_of(rec).unreadable
+
+
+# ------------------------------------------------------------------------------------ a clinician's own draft
+def test_a_drafted_nsaid_with_unreadable_safety_data_gets_a_warning_and_no_nsaid_order():
+    from hooks.pipeline import order_cards
+    from hooks.registry import HookRequest
+    from clinical_builders import NAPROXEN
+
+    report = {"resourceType": "DiagnosticReport", "id": "r1", "status": "final", "subject": {"reference": "Patient/p1"},
+              "code": {"coding": [{"system": "http://loinc.org", "code": "36031-3"}], "text": "MR Sacroiliac joint"},
+              "effectiveDateTime": "2026-10-30T09:00:00Z",
+              "conclusion": "Mild synovitis of the left sacroiliac joint. No erosions. STIR and T1 obtained."}
+    draft = {"resourceType": "MedicationRequest", "id": "d1", "status": "draft", "intent": "order",
+             "subject": {"reference": "Patient/p1"},
+             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": NAPROXEN}], "text": "naproxen"}}
+    nsaids = _nsaid_codes()
+    for kind, (build, where) in SAFETY_RESOURCES.items():
+        base = build()
+        for path in [p for p in _paths(base) if mutate(base, p, "wrong_type") is not None]:
+            resources = {"allergies": [], "observations": [], "conditions": [], "meds": [], "reports": [report],
+                         "drafts": [draft]}
+            resources[where].append(mutate(base, path, "wrong_type"))
+            rec = record(age=45, sex="female", **resources)
+            cards = [c if isinstance(c, dict) else c.to_json() for c in order_cards(HookRequest(
+                "msk-imaging-order-sign", "order-sign", "hook-1", {"patientId": "p1", "userId": "Practitioner/dr1"},
+                rec, NOW), selected_only=False).cards]
+            about_draft = [c for c in cards if "MedicationRequest/d1" in c["extension"]["org.msk-cds.dedupe-key"]]
+            assert about_draft and about_draft[0]["indicator"] == "warning", (kind, path)
+            created = {c["code"] for card in cards for s in card.get("suggestions", ()) for a in s["actions"]
+                       if a["type"] == "create" and a["resource"]["resourceType"] == "MedicationRequest"
+                       for c in a["resource"]["medicationCodeableConcept"]["coding"]}
+            assert not created & nsaids, (kind, path)
