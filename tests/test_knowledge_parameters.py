@@ -140,6 +140,14 @@ def test_a_dose_in_the_wrong_unit_is_refused(knowledge_copy):
         clinical_knowledge()
 
 
+def test_a_route_that_does_not_fit_the_product_is_refused(knowledge_copy):
+    knowledge_copy("medications.yaml",
+                   '        product: "198014"\n        dose: {value: 500, unit: mg}\n        route: oral',
+                   '        product: "198014"\n        dose: {value: 500, unit: mg}\n        route: subcutaneous', count=2)
+    with pytest.raises(KnowledgeError, match="route 'subcutaneous' does not fit product 198014"):
+        clinical_knowledge()
+
+
 def test_a_dosing_text_that_copies_the_dose_is_refused(knowledge_copy):
     knowledge_copy("medications.yaml", '"Naproxen {dose} by mouth twice daily with food, continuously',
                    '"Naproxen {dose} (two 250 mg tablets) by mouth twice daily with food, continuously', count=1)

@@ -527,6 +527,8 @@ def check_dosing(drug: "Drug", key: str, dosing: "Dosing") -> str | None:
     product = drug.product(dosing.product) if dosing.product else None
     if dosing.product and product is None:
         return f"product {dosing.product!r} is not among the drug's products"
+    if product is not None and ((" Oral " in f" {product.display} ") != (dosing.route == "oral")):
+        return f"route {dosing.route!r} does not fit product {product.code} ({product.display})"
     doses = [("dose", dosing.dose)] + ([("loading dose", dosing.loading.dose)] if dosing.loading else []) + (
         [("step-up dose", dosing.step_up_dose)] if dosing.step_up_dose else [])
     if product is not None:
