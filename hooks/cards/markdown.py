@@ -27,15 +27,3 @@ def escape(text: object, limit: int = MAX_TEXT) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def section(title: str, lines: list[str]) -> str:
-    """A bold-titled section with bullet lines (the lines are already escaped or our own wording)."""
-    if not lines:
-        return ""
-    return f"**{title}**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
-
-
-def link(label: str, url: str) -> str:
-    """A Markdown link to one of our own evidence URLs (from the knowledge data, never from a resource)."""
-    return f"[{escape(label)}](<{url}>)"

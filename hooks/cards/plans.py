@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable
 
-from hooks.cards.render import LABEL_MAX, CardPlan, card_uuid, fill, findings_provenance, short
-from hooks.cards.suggestions import OrderContext, create, delete, medication_request, service_request
+from hooks.cards.render import LABEL_MAX, CardPlan, card_uuid, fill, findings_provenance, short, study_name
+from hooks.cards.suggestions import OrderContext, create, medication_request, service_request
 from hooks.knowledge.cards import CardsFile, RuleWording
 from hooks.knowledge.clinical import ClinicalKnowledge, Dosing, Pathway
 from hooks.model import Action, Finding, FindingSet, Suggestion
@@ -100,13 +100,11 @@ class _Builder:
         return card_uuid(self.hook_instance, self.key, f"s{self.index - 1}")
 
     def drug_action(self, drug_id: str, dosing_key: str) -> Action:
-        a = create(medication_request(drug_id, dosing_key, self.octx, self.k, self.reassess_note),
-                   self.k.drugs[drug_id].dosing[dosing_key].text)
-        return Action("create", a["description"], a["resource"])
+        return create(medication_request(drug_id, dosing_key, self.octx, self.k, self.reassess_note),
+                      self.k.drugs[drug_id].dosing[dosing_key].text)
 
     def service_action(self, service_id: str, priority: str = "routine") -> Action:
-        a = create(service_request(service_id, self.octx, self.k, priority), self.k.services.services[service_id].text)
-        return Action("create", a["description"], a["resource"])
+        return create(service_request(service_id, self.octx, self.k, priority), self.k.services.services[service_id].text)
 
     def medication(self, option: MedicationOption, priority: str = "routine", pre: tuple[Action, ...] = (),
                    template: str | None = None) -> Suggestion:
@@ -254,7 +252,6 @@ def plan_pathway_card(a: Assessment, findings: FindingSet, facts: PatientFacts, 
     if pathway.t1_required:
         for report in findings.reports:
             if report.fluid_sensitive_sequence and not report.t1_sequence:
-                from hooks.cards.render import study_name
                 caution = k.pathway_file.t1_missing_note.format(report=study_name(report, cards))
                 break
     citations = tuple(c for o in (*a.options, *a.blocked) for f in o.safety.flags for c in f.citations

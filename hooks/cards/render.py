@@ -69,6 +69,11 @@ class CardPlan:
     decisive: tuple[str, ...] = ()               # concepts the step or pathway entry names: shown first
 
 
+    @property
+    def uuid_key(self) -> str:
+        """The rule for a pathway card, the rule and draft for a draft-order card: stable within a request."""
+        return f"{self.rule}|{self.draft_reference}" if self.draft_reference else self.rule
+
     def decisive_groups(self) -> tuple[frozenset[str], ...]:
         return (frozenset(self.decisive[:self.decisive.index("|")]) if "|" in self.decisive else frozenset(),
                 frozenset(c for c in self.decisive if c != "|"))
@@ -221,7 +226,7 @@ def render(plan: CardPlan, k: ClinicalKnowledge, cards: CardsFile, hook_instance
         DEDUPE_KEY: plan.dedupe_key, PROVENANCE_KEY: compact(provenance),
     }
     return Card(
-        uuid=card_uuid(hook_instance, plan.dedupe_key.split("|Patient/")[0], "card"),
+        uuid=card_uuid(hook_instance, plan.uuid_key, "card"),
         summary=summary,
         indicator=plan.indicator,  # type: ignore[arg-type]
         detail=detail,

@@ -15,6 +15,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hooks.knowledge import Coding
 from hooks.knowledge.clinical import ClinicalKnowledge, Dosing
+from hooks.model import Action
 
 VERIFICATION_URL = "https://msk-cds.org/fhir/StructureDefinition/code-verification"
 REQUESTER_TYPES = ("Practitioner/", "PractitionerRole/")
@@ -164,28 +165,6 @@ def service_request(service_id: str, ctx: OrderContext, k: ClinicalKnowledge, pr
     return _validated(ServiceRequest, data)
 
 
-def create(resource: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {"type": "create", "description": description, "resource": dict(resource)}
-
-
-def delete(reference: str, description: str) -> dict[str, Any]:
-    return {"type": "delete", "description": description, "resourceId": reference}
-
-
-def unverified_codes(resource: Mapping[str, Any]) -> list[str]:
-    """Displays of the codings in a built resource that carry the unverified extension."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            ext = node.get("extension")
-            if isinstance(ext, list) and any(e.get("url") == VERIFICATION_URL for e in ext if isinstance(e, Mapping)):
-                found.append(str(node.get("display") or node.get("code")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(resource)
-    return found
+def create(resource: Mapping[str, Any], description: str) -> Action:
+    """A create action for a built resource."""
+    return Action("create", description, dict(resource))
