@@ -324,6 +324,7 @@ def plan_order_card(issue: OrderIssue, a: Assessment | None, findings: FindingSe
     name = _draft_name(issue, k)
     draft_text = name + (f", {issue.draft.duration_days:g} days" if issue.draft.duration_days is not None else "")
     values: dict[str, Any] = dict(a.text_values) if a is not None else {}
+    values["drug"] = name[:1].upper() + name[1:]
     reasons: list[str] = []
     suggestions: list[Suggestion] = []
     behavior = "at-most-one"

@@ -16,7 +16,7 @@ SUMMARY_MAX = 140
 STEP_MAX = 200
 CAUTION_MAX = 160
 # Fields the renderer fills besides facts and dates.
-CARD_FIELDS = frozenset({"finding"})
+CARD_FIELDS = frozenset({"finding", "drug"})
 
 
 class RuleWording(StrictModel):
