@@ -1,5 +1,9 @@
 """Reads from the EHR's FHIR server to fill missing prefetch keys: concurrent, under one overall deadline,
-following searchset `next` links up to a bound, sending the bearer token only to the fhirServer's origin."""
+following searchset `next` links up to a bound, sending the bearer token only to the fhirServer's origin.
+
+The deadline holds inside a read too: every connection's socket is armed with it (service.socket_deadline), so a
+server that drips one byte a second or stalls mid-body is cut at the deadline and its thread and socket are freed
+at once, not left reading in the background."""
 from __future__ import annotations
 
 import time
@@ -10,6 +14,11 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from service.socket_deadline import WATCHDOG
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 CHUNK_BYTES = 64 * 1024
@@ -21,6 +30,46 @@ class FetchFailed(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+class _DeadlineMixin:
+    """A urllib3 connection whose socket is shut down when the request's deadline passes (`deadline` is set on
+    a per-request subclass); disarmed before the socket is closed."""
+
+    deadline: float = 0.0
+    _deadline_token: int | None = None
+
+    def connect(self) -> None:
+        super().connect()                                                   # type: ignore[misc]
+        self._deadline_token = WATCHDOG.arm(self.sock.fileno(), self.deadline - time.monotonic(), "fhir_read")
+
+    def close(self) -> None:
+        WATCHDOG.disarm(self._deadline_token)
+        self._deadline_token = None
+        super().close()                                                     # type: ignore[misc]
+
+
+class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineMixin, HTTPSConnection):
+    pass
+
+
+def deadline_session(deadline: float) -> requests.Session:
+    """A Session (no retries) whose connections are cut at `deadline` (a time.monotonic() value)."""
+    pools = {}
+    for scheme, pool_cls, conn_cls in (("http", HTTPConnectionPool, _DeadlineHTTPConnection),
+                                       ("https", HTTPSConnectionPool, _DeadlineHTTPSConnection)):
+        connection = type(conn_cls.__name__, (conn_cls,), {"deadline": deadline})
+        pools[scheme] = type(pool_cls.__name__, (pool_cls,), {"ConnectionCls": connection})
+    adapter = HTTPAdapter(max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = pools
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 @dataclass
@@ -67,8 +116,9 @@ class FhirClient:
                 body = self._read(response)
         except requests.Timeout:
             raise FetchFailed("timeout") from None
-        except requests.RequestException:
-            raise FetchFailed("connection") from None
+        except (requests.RequestException, OSError):
+            # a socket cut at the deadline surfaces as a connection error: name it for what it was
+            raise FetchFailed("timeout" if self.remaining() <= 0 else "connection") from None
         if status >= 500:
             raise FetchFailed("http_5xx")
         if status >= 300:
@@ -125,7 +175,7 @@ class FhirClient:
         result = FetchResult(key, resource_type=resource_type_of(relative_url))
         try:
             # One session per job (connection reuse across pages); sessions are not shared between threads.
-            with requests.Session() as session:
+            with deadline_session(self.deadline) as session:
                 first = self.get_json(session, f"{self.base_url}/{relative_url.lstrip('/')}")
                 result.resource, result.pages = self.read_all_pages(session, first, 1)
         except FetchFailed as failure:
@@ -138,7 +188,7 @@ class FhirClient:
         start = time.monotonic()
         result = FetchResult(key, resource_type="Bundle")
         try:
-            with requests.Session() as session:
+            with deadline_session(self.deadline) as session:
                 result.resource, result.pages = self.read_all_pages(session, bundle, 1)
         except FetchFailed as failure:
             result.error = failure.kind

@@ -45,14 +45,24 @@ metrics_dir = _prepare_multiprocess_dir()
 wsgi_app = WSGI_APP
 bind = [os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")]
 workers = default_workers()
-# Sync workers by default (CPU-bound rules, one request per process); GUNICORN_THREADS > 1 switches to gthread.
-threads = max(1, int(os.environ.get("GUNICORN_THREADS", "1") or 1))
+# gthread workers (service/gunicorn_worker.py): a pool of threads per process, idle keep-alive connections parked in
+# a poller, and a deadline on each connection's headers (GUNICORN_HEADER_TIMEOUT) and whole exchange
+# (GUNICORN_REQUEST_DEADLINE), so slow-header or slow-reading clients hold a thread for a bounded time and cannot
+# starve the workers (sync workers gave each slow client a whole process). Gunicorn's own 400/414/431 answers are
+# JSON and its log lines never quote the request line. The rules are CPU-bound and the NLP pipeline is locked per
+# process, so threads add no parallelism for them; they keep /healthz and light calls moving beside heavy ones.
+worker_class = "service.gunicorn_worker.JsonErrorThreadWorker"
+threads = max(1, int(os.environ.get("GUNICORN_THREADS", "8") or 8))
+worker_connections = 1000
 timeout = request_timeout()
 graceful_timeout = 30
 keepalive = 5
 # Load the app (knowledge base, FHIR models, NLP pipeline, warm-up) once in the master; workers share it by fork.
 preload_app = True
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0") or 0)
+# Workers are recycled after about this many requests (with 10% jitter so they do not all restart together): caches
+# are bounded, but whatever a long-lived process still accretes (allocator fragmentation, per-text caches) is handed
+# back. The preloaded app makes a new worker a cheap fork. 0 turns recycling off.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000") or 0)
 max_requests_jitter = max(0, max_requests // 10)
 accesslog = None            # the app logs each call itself, without PHI; gunicorn's access log would carry URLs
 errorlog = "-"

@@ -15,6 +15,20 @@ from service.errors import CdsError, Issue
 ACCEPTED_MEDIA_TYPES = ("application/json", "application/fhir+json")
 
 
+def _body_read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a broken body raises: a cut or timed-out socket (OSError, gunicorn's NoMoreData), and the WSGI
+    server's own parse errors of a chunked body (gunicorn's InvalidChunkSize, ChunkMissingTerminator...)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:          # another WSGI server
+        return errors
+    return errors + (ParseException,)
+
+
+BODY_READ_ERRORS = _body_read_errors()
+
+
 class _DuplicateKey(ValueError):
     def __init__(self, path_hint: str) -> None:
         super().__init__(path_hint)
@@ -64,8 +78,7 @@ def read_body() -> bytes:
     while size <= limit:
         try:
             chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
-        except (OSError, ValueError):
-            # gunicorn's InvalidChunkSize/ChunkMissingTerminator/NoMoreData are OSErrors; a timed-out socket too
+        except BODY_READ_ERRORS:
             raise CdsError.one(400, None, "request body could not be read (malformed chunked encoding, or the "
                                           "connection stalled or broke)") from None
         if not chunk:

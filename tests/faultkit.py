@@ -2,6 +2,7 @@
 servers that drip or stall, slow-header clients, and process bounds (threads, open files, memory)."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -111,16 +112,19 @@ def settle(predicate: Callable[[], bool], seconds: float) -> bool:
 # --- hostile FHIR servers on loopback ----------------------------------------------------------------------------
 
 class HostileFhir:
-    """A FHIR server on 127.0.0.1 whose every answer is produced by `behaviour(handler)`."""
+    """A FHIR server on 127.0.0.1 whose every answer is produced by `behaviour(handler)`. It runs in a forked
+    process, so the threads and sockets it holds never count as the service's own."""
 
     def __init__(self, behaviour: Callable[[BaseHTTPRequestHandler], None]) -> None:
-        outer = self
+        self._count = multiprocessing.get_context("fork").Value("i", 0)
+        count = self._count
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:           # noqa: N802
-                outer.requests += 1
+                with count.get_lock():
+                    count.value += 1
                 try:
                     behaviour(self)
                 except OSError:
@@ -129,22 +133,26 @@ class HostileFhir:
             def log_message(self, *args) -> None:
                 pass
 
-        self.requests = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.process = multiprocessing.get_context("fork").Process(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def requests(self) -> int:
+        return self._count.value
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
 
     def __enter__(self) -> "HostileFhir":
-        self.thread.start()
+        self.process.start()
+        self.server.socket.close()             # the child listens; this process keeps no copy
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.process.kill()
+        self.process.join(timeout=10)
 
 
 def drip(seconds_per_byte: float, total: float) -> Callable[[BaseHTTPRequestHandler], None]:

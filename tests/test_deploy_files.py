@@ -24,7 +24,8 @@ K8S = DEPLOY / "k8s"
 SETTING_NAMES = {s.name for s in SETTINGS}
 # Process-level variables read by gunicorn_conf / prometheus_client rather than by the app's settings.
 PROCESS_VARIABLES = {"WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR", "PORT", "BIND", "GUNICORN_THREADS",
-                     "GUNICORN_MAX_REQUESTS", "FORWARDED_ALLOW_IPS", "GUNICORN_WORKER_TMP_DIR"}
+                     "GUNICORN_MAX_REQUESTS", "FORWARDED_ALLOW_IPS", "GUNICORN_WORKER_TMP_DIR",
+                     "GUNICORN_HEADER_TIMEOUT", "GUNICORN_REQUEST_DEADLINE"}
 
 
 def documents(path: Path) -> list[dict]:
@@ -318,7 +319,8 @@ def test_dockerfile_installs_what_ci_installs():
 def test_gunicorn_config_loads_from_deploy_and_package(tmp_path):
     probe = (
         "import json, runpy; c = runpy.run_path('deploy/gunicorn.conf.py');"
-        "print(json.dumps({k: c[k] for k in ('workers', 'timeout', 'preload_app', 'wsgi_app', 'threads', 'control_socket_disable')}"
+        "print(json.dumps({k: c[k] for k in ('workers', 'timeout', 'preload_app', 'wsgi_app', 'threads', 'control_socket_disable',"
+        " 'worker_class', 'max_requests', 'max_requests_jitter')}"
         " | {'hooks': [k for k in ('post_fork', 'child_exit', 'when_ready', 'on_exit') if callable(c.get(k))]}))"
     )
     env = {"WEB_CONCURRENCY": "3", "FHIR_FETCH_DEADLINE_SECONDS": "10", "PATH": "/usr/bin:/bin",
@@ -327,7 +329,10 @@ def test_gunicorn_config_loads_from_deploy_and_package(tmp_path):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
-    assert config["workers"] == 3 and config["preload_app"] is True and config["threads"] == 1
+    assert config["workers"] == 3 and config["preload_app"] is True and config["threads"] == 8
+    # issue 12: gthread with header deadlines and JSON refusals; workers recycled by default (with jitter)
+    assert config["worker_class"] == "service.gunicorn_worker.JsonErrorThreadWorker"
+    assert config["max_requests"] == 5000 and config["max_requests_jitter"] == 500
     assert config["control_socket_disable"] is True
     assert config["timeout"] > 10 and config["wsgi_app"] == "service.production:production_app()"
     assert config["hooks"] == ["post_fork", "child_exit", "when_ready", "on_exit"]
