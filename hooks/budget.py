@@ -71,12 +71,15 @@ def scope(budget: WorkBudget) -> Iterator[WorkBudget]:
 
 
 def report_text_chars(report: Any) -> int:
-    """The size of a DiagnosticReport's text without decoding it: conclusion plus presentedForm data (bytes)."""
+    """The size of an imaging report's text without decoding it: a DiagnosticReport's conclusion and presentedForm
+    data, or a DocumentReference's content attachments (bytes)."""
     size = 0
     conclusion = getattr(report, "conclusion", None)
     if isinstance(conclusion, str):
         size += len(conclusion)
-    for attachment in getattr(report, "presentedForm", None) or ():
+    attachments = list(getattr(report, "presentedForm", None) or ())
+    attachments += [getattr(content, "attachment", None) for content in getattr(report, "content", None) or ()]
+    for attachment in attachments:
         data = getattr(attachment, "data", None)
         if isinstance(data, (bytes, bytearray, str)):
             size += len(data)
@@ -84,10 +87,14 @@ def report_text_chars(report: Any) -> int:
 
 
 def report_time(report: Any) -> float:
-    """effectiveDateTime, else effectivePeriod.start, else issued, as a sort key (unknown dates sort oldest)."""
+    """When the study was done, as a sort key (unknown dates sort oldest): DiagnosticReport effectiveDateTime,
+    effectivePeriod.start or issued; DocumentReference context.period.start or date."""
+    context = getattr(report, "context", None)
     for value in (getattr(report, "effectiveDateTime", None),
                   getattr(getattr(report, "effectivePeriod", None), "start", None),
-                  getattr(report, "issued", None)):
+                  getattr(getattr(context, "period", None), "start", None),
+                  getattr(report, "issued", None),
+                  getattr(report, "date", None)):
         when = to_datetime(value)
         if when is not None:
             return when.timestamp()

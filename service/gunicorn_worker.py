@@ -74,26 +74,23 @@ def refusal_bytes(status: int, reason: str, code: str, diagnostics: str) -> byte
     return head.encode("latin-1") + body
 
 
-def _close_without_lingering(conn) -> None:
-    """gthread closes a finished connection on its main loop with a "graceful" close that waits up to 2 s for the
-    peer to close: a client that never does (a slowloris, a stalled proxy) stops the whole worker for 2 s per
-    connection. Here the close sends FIN, drains only what already arrived, and closes at once."""
+def _close_off_the_main_loop(worker, conn) -> None:
+    """gthread closes a finished connection on its main loop with a "graceful" close that lingers up to 2 s for the
+    peer to close (so an answer sent before an unread body is not lost to a reset): a client that never closes
+    (a slowloris, a stalled proxy) would stop the whole worker for 2 s per connection. Here that linger runs in the
+    worker's thread pool instead, and a connection cut for being too slow is closed at once."""
     if "close" in conn.__dict__:
         return
 
     def close(graceful: bool = False) -> None:
         sock = conn.sock
-        try:
-            if graceful:
-                sock.shutdown(socket.SHUT_WR)
-                sock.setblocking(False)
-                for _ in range(4):
-                    if not sock.recv(65536):
-                        break
-        except OSError:
-            pass
-        finally:
-            util.close(sock)
+        if graceful and not conn.__dict__.get("_msk_cut"):
+            try:
+                worker.tpool.submit(util.close_graceful, sock)
+                return
+            except RuntimeError:          # the pool is shutting down with the worker
+                pass
+        util.close(sock)
 
     conn.close = close
 
@@ -105,7 +102,7 @@ class JsonErrorThreadWorker(ThreadWorker):
     request_seconds = _seconds("GUNICORN_REQUEST_DEADLINE", 60.0)
 
     def handle(self, conn):
-        _close_without_lingering(conn)
+        _close_off_the_main_loop(self, conn)
         if self.cfg.is_ssl or conn.is_http2:
             # TLS and HTTP/2 read through their own layers: a total deadline on the headers instead
             _local.token = WATCHDOG.arm(conn.sock.fileno(), self.header_seconds, "request_headers")
@@ -144,11 +141,14 @@ class JsonErrorThreadWorker(ThreadWorker):
             if time.monotonic() - pending[1] > self.header_seconds:
                 self.log.warning("Slow request headers from ip=%s: closed after %ss",
                                  (conn.client or ("",))[0], self.header_seconds)
+                conn.__dict__["_msk_cut"] = True
                 return False
             return _DEFER
         except OSError:
+            conn.__dict__["_msk_cut"] = True
             return False
         if closed and not head:
+            conn.__dict__["_msk_cut"] = True
             return False
         # complete (or too long, or cut short): gunicorn's parser reads it from its buffer and answers as usual
         del conn.__dict__["_msk_head"]

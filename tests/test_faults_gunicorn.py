@@ -211,3 +211,14 @@ def test_two_oversized_charts_at_once_are_answered_within_the_budget(server):
     assert _children(server["process"].pid) == workers_before
     grown = {pid: rss_kib(pid) - rss_before[pid] for pid in workers_before}
     assert max(grown.values()) < 400 * 1024, grown           # KiB: a few hundred MB at most for 10 MB of charts
+
+
+def test_an_oversized_body_gets_its_413_answer_not_a_reset(server):
+    """The answer is sent before the unread body: the connection must linger (off the main loop) so the client
+    reads the 413 instead of a connection reset."""
+    body = b'{"pad": "' + b"x" * (6 * 1024 * 1024) + b'"}'
+    response = requests.post(f"{server['base']}/cds-services/{SERVICE}", data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert _healthz_seconds(server["base"]) < 2.0

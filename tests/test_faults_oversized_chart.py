@@ -94,6 +94,17 @@ def test_budget_admits_the_first_report_always_then_holds_both_bounds():
     assert budget.incomplete and budget.reports_read == 2 and budget.reports_skipped == 1
 
 
+def test_document_references_count_towards_the_budget_by_their_attachments():
+    from types import SimpleNamespace as NS
+
+    from hooks.budget import report_text_chars, report_time
+
+    document = NS(content=[NS(attachment=NS(data=b"x" * 700)), NS(attachment=NS(data=b"y" * 300))],
+                  date="2025-06-01T00:00:00Z", context=NS(period=NS(start="2025-05-30")))
+    assert report_text_chars(document) == 1000
+    assert report_time(document) < report_time(NS(date="2025-06-01T00:00:00Z", context=None))
+
+
 def test_newest_first_uses_effective_then_issued_and_puts_undated_last():
     class R:
         def __init__(self, effective=None, issued=None):
