@@ -111,6 +111,7 @@ RULES: dict[str, re.Pattern] = {
     "postgres-dev": re.compile(r"^(eval \"\$\(deploy/postgres-dev\.sh start\)\"|deploy/postgres-dev\.sh stop "
                                r"\"\$MSK_PG_DIR\"|\.venv/bin/python -m pytest -m postgres)$"),
     "benchmark": re.compile(r"^\.venv/bin/python tests/benchmarks( --quick)?$"),
+    "fault soak": re.compile(r"^\.venv/bin/python tests/soak_faults\.py --minutes \d+$"),
 }
 
 
@@ -261,6 +262,12 @@ def test_deploy_commands_render(tmp_path):
                 assert files == set(secret["data"])
         else:
             pytest.fail(f"a kubectl command this test does not know: {command}")
+
+
+def test_fault_soak_command_is_real():
+    (soak,) = commands_of("fault soak")
+    help_text = run(local(soak.split("#")[0].strip().split(" --minutes")[0] + " --help"), ROOT, timeout=120)
+    assert help_text.returncode == 0 and "--minutes" in help_text.stdout, help_text.stderr
 
 
 def test_postgres_and_benchmark_commands_are_real():
