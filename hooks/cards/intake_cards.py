@@ -1,20 +1,17 @@
 """The card for a draft order the intake could not read: never silent. The order hooks name the draft by its own
-text and say it could not be checked, so the clinician knows no pathway or safety check ran on it."""
+text and say it could not be checked, so the clinician knows no pathway or safety check ran on it. Rendered by the
+one renderer (hooks/cards/render.py) from its wording in knowledge/cards.yaml (rule intake.unreadable_draft)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
-import re
-from hooks.cards.render import card_uuid
-from hooks.knowledge import knowledge_version
+from hooks.cards.render import CardPlan, render
+from hooks.knowledge.cards import card_wording
+from hooks.knowledge.clinical import clinical_knowledge
 from hooks.record import UnreadableDraft
 
 RULE = "intake.unreadable_draft"
-SUMMARY = "Not checked: {label}. Its order data could not be read."
-DETAIL = ("The service could not read what this draft orders, so it was not checked against the imaging "
-          "findings pathway or the safety checks (allergy, kidney function, pregnancy, anticoagulants). "
-          "Review it as you would without decision support.")
-SOURCE_LABEL = "MSK imaging CDS: order data check"
 FALLBACK_LABEL = {"MedicationRequest": "a draft medication order", "ServiceRequest": "a draft service order"}
 MAX_LABEL = 80
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -30,18 +27,15 @@ def _label(draft: UnreadableDraft) -> str:
 
 def unreadable_draft_card(draft: UnreadableDraft, hook_instance: str, index: int) -> dict[str, Any]:
     key = draft.reference or f"unreadable-draft-{index}"
-    return {
-        "uuid": card_uuid(hook_instance, RULE, key),
-        "summary": SUMMARY.format(label=_label(draft))[:139],
-        "detail": DETAIL,
-        "indicator": "info",
-        "source": {"label": SOURCE_LABEL},
-        "extension": {
-            "org.msk-cds.rule": RULE,
-            "org.msk-cds.knowledge-version": knowledge_version(),
-            "org.msk-cds.dedupe-key": f"{RULE}|{key}",
-        },
-    }
+    k, cards = clinical_knowledge(), card_wording()
+    label = _label(draft)
+    plan = CardPlan(
+        rule=RULE, pathway="intake", step=None, indicator="info", wording=cards.rules[RULE],
+        values={"drug": label}, findings=(), reports=(), fallback_finding=None,
+        reasons=(cards.layout.not_checked,), suggestions=(), selection_behavior=None, dedupe_key=f"{RULE}|{key}",
+        topic=None, draft=label, draft_reference=key,
+        provenance={"draft": {"reference": draft.reference, "resourceType": draft.resource_type}})
+    return render(plan, k, cards, hook_instance).to_json()
 
 
 def unreadable_draft_cards(drafts: Iterable[UnreadableDraft], hook_instance: str,

@@ -172,7 +172,10 @@ def card_sources(plan: CardPlan, k: ClinicalKnowledge) -> list[Source]:
 
 
 def source_of(plan: CardPlan, k: ClinicalKnowledge, cards: CardsFile) -> CardSource:
-    primary = card_sources(plan, k)[0]
+    sources = card_sources(plan, k)
+    if not sources:                          # a notice (nothing was recommended, so there is no evidence to cite)
+        return CardSource(label=cards.layout.notice_source)
+    primary = sources[0]
     return CardSource(label=cards.layout.source_label.format(label=primary.label), url=primary.url, topic=plan.topic)
 
 
@@ -187,6 +190,8 @@ def links_of(plan: CardPlan, k: ClinicalKnowledge) -> tuple[Link, ...]:
 def review_status(sources: Iterable[Source]) -> dict[str, Any]:
     """Governance view of the knowledge behind a card: unverified if any cited source is."""
     items = [{"source": s.id, "status": s.status, "match": s.match} for s in sources]
+    if not items:
+        return {"status": "not-applicable"}
     return {"status": "verified" if all(i["status"] == "verified" for i in items) else "unverified",
             "sources": items}
 

@@ -23,7 +23,7 @@ class RuleWording(StrictModel):
     summary: str | None = Field(default=None, max_length=SUMMARY_MAX - 1)
     step: str = Field(max_length=STEP_MAX)
     caution: str | None = Field(default=None, max_length=CAUTION_MAX)
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] = Field(default_factory=list)      # empty only for notices (NOTICE_RULES)
 
 
 class Layout(StrictModel):
@@ -44,6 +44,8 @@ class Layout(StrictModel):
     already_on: str
     withheld: str
     source_label: str
+    notice_source: str
+    not_checked: str
     all_blocked: str
     alternative: str
     alternative_step: str
@@ -100,9 +102,13 @@ def template_fields(text: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(text) if name]
 
 
+# Cards that are not a guideline recommendation (no evidence to cite): they say what the service could not do.
+NOTICE_RULES = frozenset({"intake.unreadable_draft"})
+
+
 def rule_ids(k: ClinicalKnowledge) -> set[str]:
     """Every rule id a card can carry."""
-    out = {p.rule(s.id) for p in k.pathway_file.pathways for s in p.steps}
+    out = {p.rule(s.id) for p in k.pathway_file.pathways for s in p.steps} | set(NOTICE_RULES)
     out |= {c.rule for c in k.pathway_file.order_checks}
     out |= {c.rule for c in k.safety.checks}
     out |= {f"{p.id}.order_guidance" for p in k.pathway_file.pathways}
@@ -119,6 +125,7 @@ def _check(cards: CardsFile, k: ClinicalKnowledge) -> None:
     known_rules = rule_ids(k)
     for rule, wording in cards.rules.items():
         need(rule in known_rules, f"rules.{rule}", "no pathway step, order check or safety check has this rule id")
+        need(bool(wording.sources) or rule in NOTICE_RULES, f"rules.{rule}.sources", "a card cites its evidence")
         for source in wording.sources:
             need(source in k.evidence, f"rules.{rule}.sources", f"unknown evidence source {source!r}")
         for key in ("summary", "step", "caution"):
@@ -140,7 +147,7 @@ def rule_review(rule: str) -> str | None:
     knowledge does not know (analytics of old cards)."""
     k, cards = clinical_knowledge(), card_wording()
     wording = cards.rules.get(rule)
-    if wording is None:
+    if wording is None or not wording.sources:
         return None
     return "verified" if all(k.evidence[s].status == "verified" for s in wording.sources) else "unverified"
 
