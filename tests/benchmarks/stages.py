@@ -143,7 +143,7 @@ def _run_once(app: Any, hook: str, body: bytes, entry: ClinicalEntryPoints, seri
             lap("assessment")
             # patient-view answers nothing without an active finding (hooks/pipeline.py does the same)
             active = any(f.active for f in findings.findings)
-            cards = entry.render_cards(request, facts, assessments, findings) if active else []
+            cards = [c.to_json() for c in entry.render_cards(request, facts, assessments, findings)] if active else []
             lap("cards")
             system_actions: tuple = ()
         else:

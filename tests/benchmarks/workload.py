@@ -164,7 +164,7 @@ def fixture_requests() -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """hook -> [(request name, request)] for every fixture scenario (fixtures/scenarios, built as fixtures.build does)."""
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {hook: [] for hook in HOOKS}
     for name, (_, hook, request) in build.all_requests().items():
-        out[hook].append((name, request))
+        out[hook].append((name, with_every_prefetch_key(request)))
     return out
 
 
@@ -237,14 +237,26 @@ def sized_scenario(resources: int, reports: int) -> dict[str, Any]:
     return scenario
 
 
+def with_every_prefetch_key(request: dict[str, Any]) -> dict[str, Any]:
+    """Every declared prefetch key present (an empty searchset where the chart has nothing), as an EHR that prefetches
+    sends it: a missing key would be read from fhirServer, and the example server's name resolution (up to the 4 s
+    fetch deadline) would be measured instead of the service."""
+    from hooks.services import PREFETCH
+
+    prefetch = request.setdefault("prefetch", {})
+    for key in PREFETCH:
+        prefetch.setdefault(key, {"resourceType": "Bundle", "type": "searchset", "total": 0})
+    return request
+
+
 def sized_request(resources: int, reports: int) -> dict[str, Any]:
-    return build.build_request(sized_scenario(resources, reports), "patient-view")
+    return with_every_prefetch_key(build.build_request(sized_scenario(resources, reports), "patient-view"))
 
 
 def typical_request(hook: str) -> dict[str, Any]:
     scenario = typical_scenario()
     scenario["name"] = "typical"
-    return build.build_request(scenario, hook)
+    return with_every_prefetch_key(build.build_request(scenario, hook))
 
 
 def now_of_typical() -> str:
