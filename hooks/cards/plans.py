@@ -145,6 +145,15 @@ class _Builder:
 
 
 # ------------------------------------------------------------------------------------------------ pathway cards
+def _finding_name(a: Assessment, cards: CardsFile) -> str:
+    """The finding a pathway card leads with (the step's or entry's concept first), capitalised for a summary."""
+    concepts = [c for c in decisive_concepts(a) if c != "|"]
+    shown = [f for f in a.findings if f.certainty != "negated" and not f.historical]
+    ordered = sorted(shown, key=lambda f: concepts.index(f.concept) if f.concept in concepts else len(concepts))
+    name = cards.findings.get(ordered[0].concept, "") if ordered else (a.pathway.topic.display or "")
+    return name[:1].upper() + name[1:]
+
+
 def _class_name(drug_id: str, k: ClinicalKnowledge, cards: CardsFile) -> str:
     return next((cards.classes[c] for c in k.drugs[drug_id].classes if c in cards.classes), k.drugs[drug_id].name)
 
@@ -238,6 +247,13 @@ def plan_pathway_card(a: Assessment, findings: FindingSet, facts: PatientFacts, 
         alternative = _class_name(a.options[0].drug, k, cards)
         summary = lay.alternative.replace("{first}", first).replace("{alternative}", alternative)
         step_text = lay.alternative_step.replace("{first}", first).replace("{alternative}", alternative)
+    if a.options and all(o.safety.hold for o in a.options):
+        # only the tests are offered (screening first): the card says so, not "start the drug"
+        flag = next((f for o in a.options for f in o.safety.flags if f.effect == "require_orders"), None)
+        first_class = _class_name(a.options[0].drug, k, cards)
+        summary = lay.tests_first_summary.replace("{first}", first_class)
+        if flag is not None and flag.rule in cards.rules:
+            step_text = _literal(cards.rules[flag.rule].step)
     if a.blocked and not a.options:
         # every medicine of the step is withheld: the card leads with what the blocking check asks for first
         flag = next(f for o in a.blocked for f in o.safety.flags if f.effect in ("block", "withhold"))
@@ -246,7 +262,8 @@ def plan_pathway_card(a: Assessment, findings: FindingSet, facts: PatientFacts, 
         summary = lay.all_blocked.replace("{first}", first_class).replace("{action}", _literal(_lower(first_step)))
         step_text = _literal(first_step)
         indicator = "warning" if indicator == "info" else indicator
-    if any(o.safety.warns for o in a.options):
+    if any(o.safety.warns for o in a.options) or a.blocked:
+        # a risk to weigh, or a drug of this step withheld by a safety check: not just information
         indicator = "warning" if indicator == "info" else indicator
     caution = None
     if pathway.t1_required:
@@ -351,14 +368,14 @@ def plan_order_card(issue: OrderIssue, a: Assessment | None, findings: FindingSe
         if a is not None:
             now = wording_for(a.rule, a.pathway, a.step.summary, a.step.next, [], cards)
             reasons.append(k.pathway_file.card_text.current_step.format(
-                step=fill(now.summary or a.step.summary, a.text_values, k)))
+                step=fill(now.summary or a.step.summary, {**a.text_values, "finding": _finding_name(a, cards)}, k)))
         indicator = "warning"
         suggestions, behavior = _fix_suggestions(issue, build, k, cards, name)
     else:
         citations = list(dict.fromkeys(c for f in issue.flags for c in f.citations))
         wording = wording_for(issue.rule, pathway, issue.flags[0].text, [issue.flags[0].text], citations, cards)
         summary = None if wording.summary else _literal(f"{name.capitalize()} draft: {issue.flags[0].text}")
-        reasons = [f.text for f in issue.flags]
+        reasons = [f.text for f in issue.flags[1:]]
         indicator = "warning"
         suggestions, behavior = _fix_suggestions(issue, build, k, cards, name)
         citations = [c for c in citations if c not in wording.sources]
@@ -376,5 +393,6 @@ def plan_order_card(issue: OrderIssue, a: Assessment | None, findings: FindingSe
         fallback_finding=pathway.topic.display if pathway else None, reasons=tuple(reasons),
         suggestions=tuple(suggestions), selection_behavior=behavior, dedupe_key=key,
         topic=pathway.topic.fhir() if pathway else None, draft=draft_text, draft_reference=ref, summary=summary,
+        step_text=_literal(issue.flags[0].text) if issue.kind == "safety" else None,
         extra_citations=tuple(citations) if issue.kind == "safety" else (), provenance=provenance,
         override_reasons=override_reasons(k))

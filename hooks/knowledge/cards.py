@@ -49,6 +49,7 @@ class Layout(StrictModel):
     all_blocked: str
     alternative: str
     alternative_step: str
+    tests_first_summary: str
 
 
 class Labels(StrictModel):
