@@ -107,17 +107,23 @@ def newest_first(reports: Sequence[Any]) -> list[int]:
 
 
 def incomplete_record_card(budget: WorkBudget, source_label: str) -> dict[str, Any]:
-    """The info card that says the record was too large to read completely (no patient data in it)."""
+    """The info card that says the record was too large to read completely (no patient data in it), rendered by
+    the one card renderer from its wording in knowledge/cards.yaml (rule record.incomplete)."""
+    from hooks.cards.render import CardPlan, render
+    from hooks.knowledge.cards import card_wording
+    from hooks.knowledge.clinical import clinical_knowledge
+
+    k, cards = clinical_knowledge(), card_wording()
     total = budget.reports_read + budget.reports_skipped
-    return {
-        "uuid": str(uuid.uuid4()),
-        "summary": f"Record too large to read completely: newest {budget.reports_read} of {total} imaging reports read",
-        "indicator": "info",
-        "detail": (f"This chart has more imaging report text than one decision-support call can read in time. "
-                   f"The newest {budget.reports_read} of {total} imaging reports were read and the advice on the "
-                   f"other cards is based on them; {budget.reports_skipped} older reports were not read. "
-                   f"Review the older imaging history in the chart before relying on this advice."),
-        "source": {"label": source_label},
-        "extension": {"org.msk-cds.record-incomplete": {"reportsRead": budget.reports_read,
-                                                         "reportsNotRead": budget.reports_skipped}},
-    }
+    values = {"reports_read": str(budget.reports_read), "reports_total": str(total),
+              "reports_skipped": str(budget.reports_skipped)}
+    key = f"{budget.reports_read}-{total}"
+    plan = CardPlan(rule="record.incomplete", pathway="record", step=None, indicator="info",
+                    wording=cards.rules["record.incomplete"], values=values, findings=(), reports=(),
+                    fallback_finding=None, reasons=(), suggestions=(), selection_behavior=None,
+                    dedupe_key=f"record.incomplete|{key}", topic=None, draft_reference=key,
+                    provenance={"reportsRead": budget.reports_read, "reportsNotRead": budget.reports_skipped})
+    card = render(plan, k, cards, str(uuid.uuid4())).to_json()
+    card["extension"]["org.msk-cds.record-incomplete"] = {"reportsRead": budget.reports_read,
+                                                          "reportsNotRead": budget.reports_skipped}
+    return card

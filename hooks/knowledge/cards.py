@@ -16,7 +16,7 @@ SUMMARY_MAX = 140
 STEP_MAX = 200
 CAUTION_MAX = 160
 # Fields the renderer fills besides facts and dates.
-CARD_FIELDS = frozenset({"finding", "drug"})
+CARD_FIELDS = frozenset({"finding", "drug", "reports_read", "reports_total", "reports_skipped"})
 
 
 class RuleWording(StrictModel):
@@ -104,7 +104,7 @@ def template_fields(text: str) -> list[str]:
 
 
 # Cards that are not a guideline recommendation (no evidence to cite): they say what the service could not do.
-NOTICE_RULES = frozenset({"intake.unreadable_draft"})
+NOTICE_RULES = frozenset({"intake.unreadable_draft", "record.incomplete"})
 
 
 def rule_ids(k: ClinicalKnowledge) -> set[str]:
