@@ -3,6 +3,7 @@ per hook, and a `responses`-based stand-in for the EHR's FHIR server."""
 from __future__ import annotations
 
 import copy
+import socket
 import uuid
 from typing import Any, Callable, Iterable, Mapping
 
@@ -13,6 +14,22 @@ from service import create_app
 from service.conformance import check_response
 
 FHIR_BASE = "https://ehr.example.org/fhir"
+
+# Tests never leave the machine: a name lookup of anything but loopback fails as it would offline, so a test that
+# forgot to stand in for the EHR's FHIR server (`responses`) sends no traffic (and gets the app's offline answer).
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost", "0.0.0.0", "", None}
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_only_getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if name not in _LOOPBACK_NAMES and not str(name).startswith("127."):
+        raise socket.gaierror(socket.EAI_NONAME, f"tests resolve loopback names only, not {name!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _loopback_only_getaddrinfo
+
 PATIENT_ID = "pat-1"
 USER_ID = "Practitioner/prac-1"
 SERVICE_OF_HOOK = {
