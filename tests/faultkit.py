@@ -54,16 +54,7 @@ class PgCluster:
     def pids(self) -> list[int]:
         """The postmaster and every backend and helper process it forked."""
         master = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                    children.append(int(entry.name))
-        return [master, *children]
+        return [master, *child_pids(master)]
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -87,6 +78,20 @@ class PgCluster:
 
 
 # --- process bounds ----------------------------------------------------------------------------------------------
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
 
 def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))

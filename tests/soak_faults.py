@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 import requests  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
-from faultkit import HostileFhir, PgCluster, drip, rss_kib, slow_header_client  # noqa: E402
+from faultkit import HostileFhir, PgCluster, child_pids, drip, rss_kib, slow_header_client  # noqa: E402
 
 SERVICE = "msk-imaging-patient-view"
 METRICS_TOKEN = "soak-metrics-token-0123456789"
@@ -40,19 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def chart(reports: int) -> dict:
@@ -95,7 +82,7 @@ def main() -> int:
                                f"127.0.0.1:{port}"], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     for _ in range(300):
         try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200 and len(children(server.pid)) == 2:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200 and len(child_pids(server.pid)) == 2:
                 break
         except requests.ConnectionError:
             pass
@@ -171,7 +158,7 @@ def main() -> int:
             except requests.RequestException:
                 health.append(float("inf"))
             if int(time.monotonic() - started) % 15 == 0:
-                memory.append((time.monotonic() - started, [rss_kib(p) for p in children(server.pid)]))
+                memory.append((time.monotonic() - started, [rss_kib(p) for p in child_pids(server.pid)]))
             for _ in range(4):
                 slow_header_client(port, 1.0, 20)
             time.sleep(1.0)

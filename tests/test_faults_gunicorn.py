@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from faultkit import rss_kib, slow_header_client
+from faultkit import child_pids, rss_kib, slow_header_client
 
 pytestmark = pytest.mark.gunicorn
 
@@ -35,19 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry.name))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +61,7 @@ def server(tmp_path_factory):
                 pytest.fail(f"gunicorn exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 if requests.get(f"{base}/readyz", timeout=2).status_code == 200 \
-                        and len(_children(process.pid)) == WORKERS:
+                        and len(child_pids(process.pid)) == WORKERS:
                     break
             except requests.ConnectionError:
                 pass
@@ -118,7 +105,7 @@ def _healthz_seconds(base: str) -> float:
 
 
 def test_slow_header_clients_do_not_starve_the_workers(server):
-    workers_before = _children(server["process"].pid)
+    workers_before = set(child_pids(server["process"].pid))
     # three times as many slowloris connections as there are threads in all workers, one header line a second
     clients = [slow_header_client(server["port"], 1.0, 30) for _ in range(3 * THREADS * WORKERS)]
     time.sleep(0.5)
@@ -130,7 +117,7 @@ def test_slow_header_clients_do_not_starve_the_workers(server):
     # the median shows the usual answer time
     assert max(latencies) < 3.0, latencies
     assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies
-    assert _children(server["process"].pid) == workers_before     # no worker was killed or replaced
+    assert set(child_pids(server["process"].pid)) == workers_before     # no worker was killed or replaced
     # each slow client was cut off at the header deadline, not left to drip for 30 s
     time.sleep(HEADER_TIMEOUT + 1.5)
     assert server["log"].read_text(errors="replace").count("Slow request headers") >= len(clients) // 2
@@ -186,7 +173,7 @@ def test_two_oversized_charts_at_once_are_answered_within_the_budget(server):
     the worker and answered an HTML 500, and two of them took out both workers."""
     chart = _chart(1150, 3)
     assert len(chart) < 5 * 1024 * 1024
-    workers_before = _children(server["process"].pid)
+    workers_before = set(child_pids(server["process"].pid))
     rss_before = {pid: rss_kib(pid) for pid in workers_before}
     url = f"{server['base']}/cds-services/{SERVICE}"
 
@@ -208,7 +195,7 @@ def test_two_oversized_charts_at_once_are_answered_within_the_budget(server):
         # body parse + validation of 1,150 reports, then the 5 s evaluation budget: well inside the 30 s timeout
         assert seconds < 20, seconds
     assert health < 2.0, health
-    assert _children(server["process"].pid) == workers_before
+    assert set(child_pids(server["process"].pid)) == workers_before
     grown = {pid: rss_kib(pid) - rss_before[pid] for pid in workers_before}
     assert max(grown.values()) < 400 * 1024, grown           # KiB: a few hundred MB at most for 10 MB of charts
 
