@@ -515,15 +515,20 @@ _WHITESPACE = re.compile(r"\s").search
 _NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
 
 
+def _numeric_string(r: _Reader, v: str, path: str) -> Decimal | None:
+    """A number sent as a string (a known EHR slip): its value, recorded as a repair; None when it is no number."""
+    if not _NUMBER.fullmatch(v):
+        return None
+    r.repaired(path, "numeric-string")
+    return Decimal(v.strip())
+
+
 def _integer(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, str):
-        if not _NUMBER.fullmatch(v):
-            return None
-        r.repaired(path, "numeric-string")
-        number = Decimal(v.strip())
-        if number != number.to_integral_value():
+        number = _numeric_string(r, v, path)
+        if number is None or number != number.to_integral_value():
             return None
         v = int(number)
     elif isinstance(v, float):
@@ -541,10 +546,9 @@ def _decimal(r: _Reader, v: Any, f: _Field, path: str) -> tuple[Any, Any] | None
     if isinstance(v, bool):
         return None
     if isinstance(v, str):
-        if not _NUMBER.fullmatch(v):
+        number = _numeric_string(r, v, path)
+        if number is None:
             return None
-        r.repaired(path, "numeric-string")
-        number = Decimal(v.strip())
         as_json: Any = float(number) if ("." in v or "e" in v.lower()) else int(number)
         return number, as_json
     if isinstance(v, int):
